@@ -1,0 +1,314 @@
+#!/usr/bin/env python3
+"""Runs pgbench through pgherd and PgBouncer side by side and reports CPU per transaction.
+
+One command, a throwaway everything: a PostgreSQL 15 cluster (fsync off), PgBouncer and pgherd with the same
+settings (transaction pooling, pool of 20, SCRAM), then for each pooler and protocol mode a warm-up that is not
+recorded and a measured pgbench run. CPU comes from /proc (utime + stime of every thread), the method in
+BENCHMARKING.md: ratios between poolers in one run are the figures that mean something on a noisy machine.
+
+    python3 benches/compare.py [--seconds 20] [--clients 100] [--modes simple,extended] [--out FILE]
+
+Also measures pgherd's resident memory per idle client (--idle N, default 10000; 0 skips it).
+Every process it starts is stopped by pid on exit, also on failure.
+"""
+
+import argparse
+import atexit
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+
+PG_BIN = os.environ.get("PG_BIN", "/usr/lib/postgresql/15/bin")
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+PAGE = os.sysconf("SC_PAGE_SIZE")
+CHILDREN = []
+
+
+def stop_all():
+    for proc in reversed(CHILDREN):
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGINT)
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+atexit.register(stop_all)
+signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def as_postgres():
+    """PostgreSQL refuses to run as root."""
+    if os.geteuid() != 0:
+        return {}
+    import pwd
+    pw = pwd.getpwnam("postgres")
+    return {"user": pw.pw_uid, "group": pw.pw_gid}
+
+
+def spawn(args, log, **kw):
+    proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, **kw)
+    CHILDREN.append(proc)
+    return proc
+
+
+def wait_port(port, proc, what):
+    deadline = time.time() + 30
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            sys.exit(f"{what} exited early")
+        try:
+            socket.create_connection(("127.0.0.1", port), 0.2).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    sys.exit(f"{what} did not start listening on {port}")
+
+
+def cpu_ticks(pid):
+    """utime + stime of a whole process (all threads), in clock ticks."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return int(fields[11]) + int(fields[12])
+
+
+def postgres_ticks(postmaster):
+    total = cpu_ticks(postmaster)
+    for pid in os.listdir("/proc"):
+        if pid.isdigit():
+            try:
+                with open(f"/proc/{pid}/stat") as f:
+                    fields = f.read().rsplit(")", 1)[1].split()
+                if int(fields[1]) == postmaster:
+                    total += int(fields[11]) + int(fields[12])
+            except OSError:
+                pass
+    return total
+
+
+def host_busy_ticks():
+    with open("/proc/stat") as f:
+        cpu = [int(x) for x in f.readline().split()[1:]]
+    return sum(cpu) - cpu[3] - cpu[4], sum(cpu)
+
+
+def rss_bytes(pid):
+    with open(f"/proc/{pid}/statm") as f:
+        return int(f.read().split()[1]) * PAGE
+
+
+class Cluster:
+    def __init__(self, work):
+        self.dir = os.path.join(work, "pg")
+        self.port = free_port()
+        os.makedirs(self.dir)
+        creds = as_postgres()
+        if creds:
+            os.chown(work, creds["user"], creds["group"])
+            os.chown(self.dir, creds["user"], creds["group"])
+        subprocess.run([f"{PG_BIN}/initdb", "-D", f"{self.dir}/data", "-A", "trust", "-U", "postgres",
+                        "-E", "UTF8", "--locale=C"], check=True, stdout=subprocess.DEVNULL, **creds)
+        with open(f"{self.dir}/data/postgresql.conf", "a") as f:
+            f.write(f"listen_addresses='127.0.0.1'\nport={self.port}\nunix_socket_directories='{self.dir}'\n"
+                    "fsync=off\nsynchronous_commit=off\nfull_page_writes=off\nmax_connections=300\n"
+                    "shared_buffers=256MB\n")
+        with open(f"{self.dir}/data/pg_hba.conf", "w") as f:
+            f.write("local all all trust\nhost all postgres 127.0.0.1/32 trust\n"
+                    "host all all 127.0.0.1/32 scram-sha-256\n")
+        self.proc = spawn([f"{PG_BIN}/postgres", "-D", f"{self.dir}/data"], open(f"{self.dir}/log", "w"), **creds)
+        wait_port(self.port, self.proc, "postgres")
+        time.sleep(0.5)
+
+    def sql(self, *commands):
+        """Runs each command on its own (VACUUM cannot share a transaction)."""
+        args = [f"{PG_BIN}/psql", "-X", "-A", "-t", "-q", "-h", self.dir, "-p", str(self.port), "-U", "postgres",
+                "-d", "bench"]
+        for c in commands:
+            args += ["-c", c]
+        return subprocess.run(args, check=True, capture_output=True, text=True).stdout.strip()
+
+
+def start_pgbouncer(work, pg, pool_size):
+    port = free_port()
+    conf = os.path.join(work, "pgbouncer.ini")
+    with open(os.path.join(work, "userlist.txt"), "w") as f:
+        f.write('"bench" "bench"\n')
+    with open(conf, "w") as f:
+        f.write(f"""[databases]
+bench = host=127.0.0.1 port={pg.port} dbname=bench
+[pgbouncer]
+listen_addr = 127.0.0.1
+listen_port = {port}
+unix_socket_dir =
+auth_type = scram-sha-256
+auth_file = {work}/userlist.txt
+pool_mode = transaction
+default_pool_size = {pool_size}
+max_client_conn = 100000
+logfile = {work}/pgbouncer.log
+""")
+    creds = as_postgres()
+    if creds:
+        for name in ("pgbouncer.ini", "userlist.txt"):
+            os.chown(os.path.join(work, name), creds["user"], creds["group"])
+    proc = spawn(["pgbouncer", conf], open(os.path.join(work, "pgbouncer.out"), "w"), **creds)
+    wait_port(port, proc, "pgbouncer")
+    return proc, port
+
+
+def start_pgherd(work, pg, pool_size, workers):
+    port = free_port()
+    conf = os.path.join(work, f"pgherd-{workers}.toml")
+    with open(conf, "w") as f:
+        f.write(f"""listen = ["127.0.0.1:{port}"]
+workers = {workers}
+pool_mode = "transaction"
+auth_type = "scram-sha-256"
+log_level = "warn"
+[databases.bench]
+port = {pg.port}
+pool_size = {pool_size}
+[users.bench]
+password = "bench"
+""")
+    proc = spawn([os.path.join(ROOT, "target/release/pgherd"), "--config", conf],
+                 open(os.path.join(work, f"pgherd-{workers}.log"), "w"))
+    wait_port(port, proc, "pgherd")
+    return proc, port
+
+
+def pgbench(port, args, seconds):
+    env = dict(os.environ, PGPASSWORD="bench")
+    cmd = [f"{PG_BIN}/pgbench", "-h", "127.0.0.1", "-p", str(port), "-U", "bench", "-T", str(seconds)] + args + ["bench"]
+    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+
+
+def measure(pg, pooler_pid, port, args, seconds):
+    pg.sql("VACUUM pgbench_accounts", "CHECKPOINT")
+    warm = pgbench(port, args, 5)
+    warm.communicate()
+    p0, g0, (b0, t0) = cpu_ticks(pooler_pid), postgres_ticks(pg.proc.pid), host_busy_ticks()
+    run = pgbench(port, args, seconds)
+    # pgbench's own CPU: read its /proc entry just before it exits, by polling.
+    bench_ticks = 0
+    while run.poll() is None:
+        try:
+            bench_ticks = cpu_ticks(run.pid)
+        except OSError:
+            pass
+        time.sleep(0.2)
+    out, err = run.communicate()
+    p1, g1, (b1, t1) = cpu_ticks(pooler_pid), postgres_ticks(pg.proc.pid), host_busy_ticks()
+    txs = int(re.search(r"number of transactions actually processed: (\d+)", out).group(1))
+    failed = re.search(r"number of failed transactions: (\d+)", out)
+    lat = float(re.search(r"latency average = ([\d.]+) ms", out).group(1))
+    tps = float(re.search(r"tps = ([\d.]+)", out).group(1))
+    us = lambda ticks: ticks / CLK_TCK * 1e6 / max(txs, 1)
+    pooler, postgres, bench = p1 - p0, g1 - g0, bench_ticks
+    busy_ticks = b1 - b0
+    other = max(busy_ticks - pooler - postgres - bench, 0) / max(t1 - t0, 1) * 100 * os.cpu_count()
+    return {"tps": tps, "lat": lat, "failed": int(failed.group(1)) if failed else -1,
+            "pooler": us(pooler), "postgres": us(postgres), "pgbench": us(bench), "other": other,
+            "rss": rss_bytes(pooler_pid)}
+
+
+def idle_bytes(port, pooler_pid, n):
+    """Opens n logged-in idle clients through the pooler and returns RSS growth per client."""
+    import threading
+    env = dict(os.environ, PGPASSWORD="bench")
+    warm = subprocess.run([f"{PG_BIN}/psql", "-X", "-h", "127.0.0.1", "-p", str(port), "-U", "bench", "-c",
+                           "select 1", "bench"], env=env, capture_output=True)
+    assert warm.returncode == 0, warm.stderr
+    before = rss_bytes(pooler_pid)
+    gen = subprocess.run([os.path.join(ROOT, "target/release/examples/idle_clients"), str(port), str(n)],
+                         capture_output=True, text=True, input="", timeout=600,
+                         preexec_fn=lambda: None, env=dict(env, PGHERD_HOLD_PID=str(pooler_pid)))
+    match = re.search(r"rss_after=(\d+)", gen.stdout)
+    if gen.returncode != 0 or not match:
+        sys.exit(f"idle client generator failed: {gen.stdout}{gen.stderr}")
+    return (int(match.group(1)) - before) / n
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--seconds", type=int, default=20)
+    ap.add_argument("--clients", type=int, default=100)
+    ap.add_argument("--modes", default="simple,extended")
+    ap.add_argument("--workers", default="2", help="pgherd worker counts to run, e.g. 2,1")
+    ap.add_argument("--pool-size", type=int, default=20)
+    ap.add_argument("--idle", type=int, default=10000)
+    ap.add_argument("--out", default=None, help="also write the markdown report here")
+    a = ap.parse_args()
+
+    subprocess.run(["cargo", "build", "--release", "--quiet", "--bin", "pgherd", "--example", "idle_clients"],
+                   cwd=ROOT, check=True)
+    if not shutil.which("pgbouncer"):
+        sys.exit("pgbouncer is not installed: apt-get install -y pgbouncer")
+    work = tempfile.mkdtemp(prefix="pgherd-bench-")
+    os.chmod(work, 0o755)
+    atexit.register(shutil.rmtree, work, True)
+    pg = Cluster(work)
+    subprocess.run([f"{PG_BIN}/psql", "-X", "-q", "-h", pg.dir, "-p", str(pg.port), "-U", "postgres", "-c",
+                    "CREATE USER bench PASSWORD 'bench'", "-c", "CREATE DATABASE bench OWNER bench"], check=True)
+    subprocess.run([f"{PG_BIN}/pgbench", "-i", "-q", "-s", "10", "-h", pg.dir, "-p", str(pg.port), "-U", "bench",
+                    "bench"], check=True, capture_output=True)
+
+    poolers = [("pgbouncer 1.18", *start_pgbouncer(work, pg, a.pool_size))]
+    for w in a.workers.split(","):
+        poolers.append((f"pgherd ({w} worker{'s' if w != '1' else ''})", *start_pgherd(work, pg, a.pool_size, int(w))))
+
+    rows = []
+    for mode in a.modes.split(","):
+        for name, proc, port in poolers:
+            args = ["-S", "-M", mode, "-c", str(a.clients), "-j", "2"]
+            r = measure(pg, proc.pid, port, args, a.seconds)
+            rows.append((mode, name, r))
+            print(f"{mode:9} {name:22} tps {r['tps']:9.0f}  pooler {r['pooler']:6.1f} us/tx  "
+                  f"other {r['other']:4.1f}%", file=sys.stderr)
+    idle = []
+    if a.idle:
+        for name, proc, port in poolers:
+            idle.append((name, idle_bytes(port, proc.pid, a.idle)))
+
+    lines = [f"pgbench -S -c {a.clients} -j 2 -T {a.seconds} (5 s warm-up not recorded), pool_size {a.pool_size}, "
+             f"transaction pooling, PostgreSQL 15 scale 10, {os.cpu_count()} CPUs.", "",
+             "| mode | pooler | tps | avg latency ms | failed | pooler CPU µs/tx | PostgreSQL CPU µs/tx "
+             "| pgbench CPU µs/tx | other CPU % | pooler RSS MiB |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for mode, name, r in rows:
+        flag = " (busy host)" if r["other"] > 10 else ""
+        lines.append(f"| {mode} | {name} | {r['tps']:.0f} | {r['lat']:.2f} | {r['failed']} | {r['pooler']:.1f} | "
+                     f"{r['postgres']:.1f} | {r['pgbench']:.1f} | {r['other']:.1f}{flag} | {r['rss'] / 2**20:.1f} |")
+    base = {mode: r["pooler"] for mode, name, r in rows if name.startswith("pgbouncer")}
+    lines.append("")
+    for mode, name, r in rows:
+        if not name.startswith("pgbouncer"):
+            lines.append(f"- {mode}: {name} uses {r['pooler'] / base[mode]:.2f}× PgBouncer's CPU per transaction")
+    if idle:
+        lines += ["", f"Idle clients (SCRAM login, then idle): {a.idle}", "", "| pooler | bytes per idle client |",
+                  "|---|---:|"]
+        lines += [f"| {name} | {b:.0f} |" for name, b in idle]
+    report = "\n".join(lines)
+    print(report)
+    if a.out:
+        with open(a.out, "w") as f:
+            f.write(report + "\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,647 @@
+//! SCRAM-SHA-256 (RFC 5802, RFC 7677) as PostgreSQL speaks it, without
+//! channel binding: pgherd never offers SCRAM-SHA-256-PLUS.
+//!
+//! Passwords are used as raw UTF-8 bytes, without SASLprep. That matches
+//! PostgreSQL for ASCII passwords and for any password SASLprep leaves
+//! unchanged; a password SASLprep would normalise will not authenticate.
+
+use std::fmt;
+
+use base64::engine::general_purpose::STANDARD;
+use base64::Engine;
+use hmac::{Hmac, Mac};
+use sha2::{Digest, Sha256};
+
+use super::ct_eq;
+
+pub const MECHANISM: &str = "SCRAM-SHA-256";
+
+/// The gs2 header of a client that does not do channel binding.
+const GS2_HEADER: &str = "n,,";
+
+type HmacSha256 = Hmac<Sha256>;
+
+/// A SCRAM verifier: what the server stores instead of the password.
+#[derive(Clone)]
+pub struct Secret {
+    pub iterations: u32,
+    pub salt: Vec<u8>,
+    pub stored_key: [u8; 32],
+    pub server_key: [u8; 32],
+}
+
+/// Keys are secrets: show only what identifies the verifier.
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Secret")
+            .field("iterations", &self.iterations)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Secret {
+    /// Parses pg_authid's `SCRAM-SHA-256$<iterations>:<salt>$<StoredKey>:<ServerKey>`.
+    pub fn parse(s: &str) -> Option<Secret> {
+        let (mechanism, rest) = s.split_once('$')?;
+        let (params, keys) = rest.split_once('$')?;
+        let (iterations, salt) = params.split_once(':')?;
+        let (stored_key, server_key) = keys.split_once(':')?;
+        if mechanism != MECHANISM {
+            return None;
+        }
+        Some(Secret {
+            iterations: iterations.parse().ok().filter(|&i| i >= 1)?,
+            salt: STANDARD.decode(salt).ok()?,
+            stored_key: decode_key(stored_key)?,
+            server_key: decode_key(server_key)?,
+        })
+    }
+
+    pub fn from_password(password: &str, salt: &[u8], iterations: u32) -> Secret {
+        let (client_key, server_key) = derive_keys(password, salt, iterations);
+        Secret {
+            iterations,
+            salt: salt.to_vec(),
+            stored_key: sha256(&client_key),
+            server_key,
+        }
+    }
+
+    /// A fresh verifier with PostgreSQL's defaults (16-byte salt, 4096 iterations).
+    pub fn generate(password: &str) -> Secret {
+        Secret::from_password(password, &random::<16>(), 4096)
+    }
+}
+
+#[derive(Debug, PartialEq, Eq)]
+pub enum ScramError {
+    /// The peer sent something that is not SCRAM as we speak it, or sent it out of turn.
+    Protocol(String),
+    /// The client's proof does not match the secret.
+    WrongPassword,
+    /// The server ended the exchange with `e=<error>`.
+    Server(String),
+}
+
+impl fmt::Display for ScramError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ScramError::Protocol(what) => write!(f, "SCRAM protocol violation: {what}"),
+            ScramError::WrongPassword => f.write_str("password authentication failed"),
+            ScramError::Server(error) => write!(f, "server rejected SCRAM authentication: {error}"),
+        }
+    }
+}
+
+impl std::error::Error for ScramError {}
+
+/// pgherd's side when a client authenticates to it.
+pub struct ServerExchange {
+    secret: Secret,
+    nonce: String,
+    state: ServerState,
+}
+
+enum ServerState {
+    AwaitingClientFirst,
+    AwaitingClientFinal {
+        /// What the client must send as `c=`: base64 of the gs2 header it used.
+        channel_binding: String,
+        nonce: String,
+        /// `client-first-bare,server-first,`: the AuthMessage minus its last part.
+        auth_prefix: String,
+    },
+    Done,
+}
+
+impl ServerExchange {
+    pub fn new(secret: Secret) -> Self {
+        Self::with_nonce(secret, &random_nonce())
+    }
+
+    pub fn with_nonce(secret: Secret, nonce: &str) -> Self {
+        ServerExchange {
+            secret,
+            nonce: nonce.to_owned(),
+            state: ServerState::AwaitingClientFirst,
+        }
+    }
+
+    /// Takes the client-first-message (SASLInitialResponse payload) and
+    /// returns the server-first-message.
+    pub fn client_first(&mut self, msg: &[u8]) -> Result<Vec<u8>, ScramError> {
+        if !matches!(self.state, ServerState::AwaitingClientFirst) {
+            return Err(out_of_order());
+        }
+        // A failed step ends the exchange; the client has to start over.
+        self.state = ServerState::Done;
+        let msg = utf8(msg)?;
+        let (gs2_header, bare) = split_gs2_header(msg)?;
+        let mut attrs = bare.split(',');
+        // PostgreSQL takes the user from the startup packet and so do we.
+        attribute(&mut attrs, 'n')?;
+        let client_nonce = attribute(&mut attrs, 'r')?;
+        if client_nonce.is_empty() || !client_nonce.bytes().all(|b| b.is_ascii_graphic()) {
+            return Err(protocol("invalid client nonce"));
+        }
+        let nonce = format!("{client_nonce}{}", self.nonce);
+        let server_first = format!(
+            "r={nonce},s={},i={}",
+            STANDARD.encode(&self.secret.salt),
+            self.secret.iterations
+        );
+        self.state = ServerState::AwaitingClientFinal {
+            channel_binding: STANDARD.encode(gs2_header),
+            nonce,
+            auth_prefix: format!("{bare},{server_first},"),
+        };
+        Ok(server_first.into_bytes())
+    }
+
+    /// Takes the client-final-message and returns the server-final-message
+    /// together with the ClientKey the proof revealed, which lets pgherd log
+    /// in to PostgreSQL as this client (see [`ClientExchange::from_keys`]).
+    pub fn client_final(&mut self, msg: &[u8]) -> Result<(Vec<u8>, [u8; 32]), ScramError> {
+        let ServerState::AwaitingClientFinal {
+            channel_binding,
+            nonce,
+            auth_prefix,
+        } = std::mem::replace(&mut self.state, ServerState::Done)
+        else {
+            return Err(out_of_order());
+        };
+        let msg = utf8(msg)?;
+        // The proof comes last and is the one part the AuthMessage leaves out.
+        let (without_proof, proof) = msg
+            .rsplit_once(",p=")
+            .ok_or_else(|| protocol("missing proof"))?;
+        let mut attrs = without_proof.split(',');
+        if attribute(&mut attrs, 'c')? != channel_binding {
+            return Err(protocol("channel binding mismatch"));
+        }
+        if attribute(&mut attrs, 'r')? != nonce {
+            return Err(protocol("nonce mismatch"));
+        }
+        let proof = decode_32(proof, "invalid proof")?;
+        let auth_message = format!("{auth_prefix}{without_proof}");
+        let client_signature = hmac(&self.secret.stored_key, auth_message.as_bytes());
+        let client_key = xor(proof, &client_signature);
+        if !ct_eq(&sha256(&client_key), &self.secret.stored_key) {
+            return Err(ScramError::WrongPassword);
+        }
+        let server_signature = hmac(&self.secret.server_key, auth_message.as_bytes());
+        let server_final = format!("v={}", STANDARD.encode(server_signature));
+        Ok((server_final.into_bytes(), client_key))
+    }
+}
+
+/// pgherd's side when it logs in to PostgreSQL.
+pub struct ClientExchange {
+    credentials: Credentials,
+    nonce: String,
+    /// What the server must send in `v=`; known once the client-final is built.
+    server_signature: Option<[u8; 32]>,
+}
+
+enum Credentials {
+    Password(String),
+    Keys {
+        client_key: [u8; 32],
+        server_key: [u8; 32],
+    },
+}
+
+impl ClientExchange {
+    pub fn new(password: &str) -> Self {
+        Self::with_nonce(password, &random_nonce())
+    }
+
+    pub fn with_nonce(password: &str, nonce: &str) -> Self {
+        ClientExchange {
+            credentials: Credentials::Password(password.to_owned()),
+            nonce: nonce.to_owned(),
+            server_signature: None,
+        }
+    }
+
+    /// Logs in with the ClientKey recovered from a client's own login plus
+    /// the ServerKey of that secret, so pgherd never needs the password
+    /// (PgBouncer's passthrough trick). This works only if PostgreSQL holds
+    /// the very same verifier (same salt and iterations); that cannot be
+    /// checked here, PostgreSQL will just reject the proof.
+    pub fn from_keys(client_key: [u8; 32], server_key: [u8; 32]) -> Self {
+        ClientExchange {
+            credentials: Credentials::Keys {
+                client_key,
+                server_key,
+            },
+            nonce: random_nonce(),
+            server_signature: None,
+        }
+    }
+
+    /// The SASLInitialResponse payload.
+    pub fn client_first(&self) -> Vec<u8> {
+        format!("{GS2_HEADER}{}", self.client_first_bare()).into_bytes()
+    }
+
+    /// Takes the server-first-message and returns the client-final-message.
+    pub fn server_first(&mut self, msg: &[u8]) -> Result<Vec<u8>, ScramError> {
+        let bare = self.client_first_bare();
+        self.answer(&bare, msg)
+    }
+
+    /// Checks the server-final-message, i.e. that the server knows the secret too.
+    pub fn server_final(&self, msg: &[u8]) -> Result<(), ScramError> {
+        let expected = self.server_signature.ok_or_else(out_of_order)?;
+        let msg = utf8(msg)?;
+        let first = msg.split(',').next().unwrap_or_default();
+        if let Some(error) = first.strip_prefix("e=") {
+            return Err(ScramError::Server(error.to_owned()));
+        }
+        let signature = first
+            .strip_prefix("v=")
+            .ok_or_else(|| protocol("expected v= or e="))?;
+        if !ct_eq(
+            &decode_32(signature, "invalid server signature")?,
+            &expected,
+        ) {
+            return Err(protocol("server signature mismatch"));
+        }
+        Ok(())
+    }
+
+    fn client_first_bare(&self) -> String {
+        // Like libpq, send no user name: the server uses the startup packet's.
+        format!("n=,r={}", self.nonce)
+    }
+
+    /// Split from `server_first` so tests can replay RFC 7677, whose
+    /// client-first names a user.
+    fn answer(&mut self, client_first_bare: &str, msg: &[u8]) -> Result<Vec<u8>, ScramError> {
+        if self.server_signature.is_some() {
+            return Err(out_of_order());
+        }
+        let server_first = utf8(msg)?;
+        let mut attrs = server_first.split(',');
+        let nonce = attribute(&mut attrs, 'r')?;
+        // A server that does not extend our nonce could be replaying an old exchange.
+        if nonce.len() <= self.nonce.len() || !nonce.starts_with(&self.nonce) {
+            return Err(protocol("server nonce does not extend ours"));
+        }
+        let salt = STANDARD
+            .decode(attribute(&mut attrs, 's')?)
+            .map_err(|_| protocol("invalid salt"))?;
+        let iterations = attribute(&mut attrs, 'i')?
+            .parse()
+            .ok()
+            .filter(|&i: &u32| i >= 1)
+            .ok_or_else(|| protocol("invalid iteration count"))?;
+        let (client_key, server_key) = match &self.credentials {
+            Credentials::Password(password) => derive_keys(password, &salt, iterations),
+            Credentials::Keys {
+                client_key,
+                server_key,
+            } => (*client_key, *server_key),
+        };
+        let without_proof = format!("c={},r={nonce}", STANDARD.encode(GS2_HEADER));
+        let auth_message = format!("{client_first_bare},{server_first},{without_proof}");
+        let client_signature = hmac(&sha256(&client_key), auth_message.as_bytes());
+        let proof = xor(client_key, &client_signature);
+        self.server_signature = Some(hmac(&server_key, auth_message.as_bytes()));
+        Ok(format!("{without_proof},p={}", STANDARD.encode(proof)).into_bytes())
+    }
+}
+
+/// Returns (ClientKey, ServerKey) for a password.
+fn derive_keys(password: &str, salt: &[u8], iterations: u32) -> ([u8; 32], [u8; 32]) {
+    // Hi() of RFC 5802 is PBKDF2-HMAC-SHA-256 with a single output block.
+    // Keying the HMAC once and cloning it halves the hashing per iteration,
+    // which matters because pgherd runs this for every server login.
+    let prf = HmacSha256::new_from_slice(password.as_bytes()).expect("HMAC takes any key length");
+    let mut mac = prf.clone();
+    mac.update(salt);
+    mac.update(&1u32.to_be_bytes());
+    let mut u: [u8; 32] = mac.finalize().into_bytes().into();
+    let mut salted_password = u;
+    for _ in 1..iterations {
+        let mut mac = prf.clone();
+        mac.update(&u);
+        u = mac.finalize().into_bytes().into();
+        salted_password = xor(salted_password, &u);
+    }
+    (
+        hmac(&salted_password, b"Client Key"),
+        hmac(&salted_password, b"Server Key"),
+    )
+}
+
+fn hmac(key: &[u8], data: &[u8]) -> [u8; 32] {
+    let mut mac = HmacSha256::new_from_slice(key).expect("HMAC takes any key length");
+    mac.update(data);
+    mac.finalize().into_bytes().into()
+}
+
+fn sha256(data: &[u8]) -> [u8; 32] {
+    Sha256::digest(data).into()
+}
+
+fn xor(mut a: [u8; 32], b: &[u8; 32]) -> [u8; 32] {
+    a.iter_mut().zip(b).for_each(|(x, y)| *x ^= y);
+    a
+}
+
+fn random<const N: usize>() -> [u8; N] {
+    let mut bytes = [0; N];
+    // Predictable nonces or salts would void the protocol; better to stop.
+    getrandom::getrandom(&mut bytes).expect("OS random number generator failed");
+    bytes
+}
+
+fn random_nonce() -> String {
+    STANDARD.encode(random::<18>())
+}
+
+fn decode_key(s: &str) -> Option<[u8; 32]> {
+    STANDARD.decode(s).ok()?.try_into().ok()
+}
+
+fn decode_32(s: &str, what: &str) -> Result<[u8; 32], ScramError> {
+    decode_key(s).ok_or_else(|| protocol(what))
+}
+
+/// Splits off the gs2 header; we accept only those without channel binding
+/// or authorization identity, as PostgreSQL does without SSL.
+fn split_gs2_header(msg: &str) -> Result<(&str, &str), ScramError> {
+    match msg.get(..3) {
+        Some("n,," | "y,,") => Ok(msg.split_at(3)),
+        _ if msg.starts_with("p=") => Err(protocol("channel binding requested but not offered")),
+        _ => Err(protocol("unsupported gs2 header")),
+    }
+}
+
+/// The value of the next attribute, which must be `name=`.
+fn attribute<'a>(
+    attrs: &mut impl Iterator<Item = &'a str>,
+    name: char,
+) -> Result<&'a str, ScramError> {
+    attrs
+        .next()
+        .and_then(|attr| attr.strip_prefix(name)?.strip_prefix('='))
+        .ok_or_else(|| ScramError::Protocol(format!("expected attribute {name}=")))
+}
+
+fn utf8(msg: &[u8]) -> Result<&str, ScramError> {
+    std::str::from_utf8(msg).map_err(|_| protocol("message is not UTF-8"))
+}
+
+fn protocol(what: &str) -> ScramError {
+    ScramError::Protocol(what.to_owned())
+}
+
+fn out_of_order() -> ScramError {
+    protocol("SCRAM step out of order")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    // RFC 7677, section 3.
+    const RFC_CLIENT_FIRST: &[u8] = b"n,,n=user,r=rOprNGfwEbeRWgbNEkqO";
+    const RFC_CLIENT_NONCE: &str = "rOprNGfwEbeRWgbNEkqO";
+    const RFC_SERVER_NONCE: &str = "%hvYDpWUa2RaTCAfuxFIlj)hNlF$k0";
+    const RFC_SALT: &str = "W22ZaJ0SNY7soEsUEjb6gQ==";
+    const RFC_SERVER_FIRST: &[u8] = b"r=rOprNGfwEbeRWgbNEkqO%hvYDpWUa2RaTCAfuxFIlj)hNlF$k0,\
+        s=W22ZaJ0SNY7soEsUEjb6gQ==,i=4096";
+    const RFC_CLIENT_FINAL: &[u8] = b"c=biws,r=rOprNGfwEbeRWgbNEkqO%hvYDpWUa2RaTCAfuxFIlj)hNlF$k0,\
+        p=dHzbZapWIk4jUhN+Ute9ytag9zjfMHgsqmmiz7AndVQ=";
+    const RFC_SERVER_FINAL: &[u8] = b"v=6rriTRBi23WpRR/wtup+mMhUZUn/dB5nLTJRsjl95G4=";
+
+    // Password "secret", salt 0..16, 4096 iterations, computed with Python's
+    // hashlib.pbkdf2_hmac and hmac in the layout PostgreSQL stores.
+    const PG_VERIFIER: &str = "SCRAM-SHA-256$4096:AAECAwQFBgcICQoLDA0ODw==\
+        $THoPhoTAuqyoQsK4dUHncUzgfD8fdmhsgKZhWVqNP5U=\
+        :7YiHMMi2OcXGRogub03Ek06JRZ9bkhTOdCzHa5iPLiQ=";
+
+    fn rfc_secret() -> Secret {
+        Secret::from_password("pencil", &STANDARD.decode(RFC_SALT).unwrap(), 4096)
+    }
+
+    fn test_secret() -> Secret {
+        Secret::from_password("hunter2", b"0123456789abcdef", 4096)
+    }
+
+    /// Runs a whole exchange and returns the ClientKey the server recovered.
+    fn run(
+        mut client: ClientExchange,
+        server: &mut ServerExchange,
+    ) -> Result<[u8; 32], ScramError> {
+        let server_first = server.client_first(&client.client_first())?;
+        let client_final = client.server_first(&server_first)?;
+        let (server_final, client_key) = server.client_final(&client_final)?;
+        client.server_final(&server_final)?;
+        Ok(client_key)
+    }
+
+    fn is_protocol_error<T>(result: Result<T, ScramError>) -> bool {
+        matches!(result, Err(ScramError::Protocol(_)))
+    }
+
+    #[test]
+    fn rfc7677_client_side() {
+        let mut client = ClientExchange::with_nonce("pencil", RFC_CLIENT_NONCE);
+        let bare = std::str::from_utf8(&RFC_CLIENT_FIRST[3..]).unwrap();
+        let client_final = client.answer(bare, RFC_SERVER_FIRST).unwrap();
+        assert_eq!(client_final, RFC_CLIENT_FINAL);
+        assert_eq!(client.server_final(RFC_SERVER_FINAL), Ok(()));
+    }
+
+    #[test]
+    fn rfc7677_server_side() {
+        let mut server = ServerExchange::with_nonce(rfc_secret(), RFC_SERVER_NONCE);
+        assert_eq!(
+            server.client_first(RFC_CLIENT_FIRST).unwrap(),
+            RFC_SERVER_FIRST
+        );
+        let (server_final, client_key) = server.client_final(RFC_CLIENT_FINAL).unwrap();
+        assert_eq!(server_final, RFC_SERVER_FINAL);
+        assert_eq!(sha256(&client_key), rfc_secret().stored_key);
+    }
+
+    #[test]
+    fn client_first_is_what_postgres_clients_send() {
+        let client = ClientExchange::with_nonce("pencil", RFC_CLIENT_NONCE);
+        assert_eq!(client.client_first(), b"n,,n=,r=rOprNGfwEbeRWgbNEkqO");
+    }
+
+    #[test]
+    fn full_exchange() {
+        let secret = test_secret();
+        let client = ClientExchange::with_nonce("hunter2", "clientnonce");
+        let mut server = ServerExchange::with_nonce(secret.clone(), "servernonce");
+        let client_key = run(client, &mut server).unwrap();
+        assert_eq!(sha256(&client_key), secret.stored_key);
+    }
+
+    #[test]
+    fn wrong_password() {
+        let client = ClientExchange::with_nonce("hunter3", "clientnonce");
+        let mut server = ServerExchange::with_nonce(test_secret(), "servernonce");
+        assert_eq!(run(client, &mut server), Err(ScramError::WrongPassword));
+    }
+
+    #[test]
+    fn passthrough_with_recovered_client_key() {
+        let secret = test_secret();
+        let client = ClientExchange::new("hunter2");
+        let client_key = run(client, &mut ServerExchange::new(secret.clone())).unwrap();
+        let relayed = ClientExchange::from_keys(client_key, secret.server_key);
+        assert!(run(relayed, &mut ServerExchange::new(secret)).is_ok());
+    }
+
+    #[test]
+    fn generated_secret() {
+        let secret = Secret::generate("hunter2");
+        assert_eq!((secret.salt.len(), secret.iterations), (16, 4096));
+        let client = ClientExchange::new("hunter2");
+        assert!(run(client, &mut ServerExchange::new(secret)).is_ok());
+    }
+
+    #[test]
+    fn postgres_verifier() {
+        let secret = Secret::parse(PG_VERIFIER).unwrap();
+        let derived = Secret::from_password("secret", &(0..16).collect::<Vec<u8>>(), 4096);
+        assert_eq!(secret.iterations, 4096);
+        assert_eq!(secret.salt, derived.salt);
+        assert_eq!(secret.stored_key, derived.stored_key);
+        assert_eq!(secret.server_key, derived.server_key);
+
+        let client = ClientExchange::new("secret");
+        assert!(run(client, &mut ServerExchange::new(secret.clone())).is_ok());
+        let client = ClientExchange::new("Secret");
+        assert_eq!(
+            run(client, &mut ServerExchange::new(secret)),
+            Err(ScramError::WrongPassword)
+        );
+    }
+
+    #[test]
+    fn malformed_verifiers() {
+        let key = "THoPhoTAuqyoQsK4dUHncUzgfD8fdmhsgKZhWVqNP5U=";
+        let short_key = "THoPhoTAuqyoQsK4dUHncUzgfD8fdmhsgKZhWVqNPw==";
+        for verifier in [
+            String::new(),
+            "md553f48b7c4b76a86ce72276c5755f217d".to_owned(),
+            format!("SCRAM-SHA-1$4096:AAEC${key}:{key}"),
+            format!("SCRAM-SHA-256$4096:AAEC${key}"),
+            format!("SCRAM-SHA-256$4096${key}:{key}"),
+            format!("SCRAM-SHA-256$0:AAEC${key}:{key}"),
+            format!("SCRAM-SHA-256$many:AAEC${key}:{key}"),
+            format!("SCRAM-SHA-256$4096:AA!C${key}:{key}"),
+            format!("SCRAM-SHA-256$4096:AAEC${short_key}:{key}"),
+            format!("SCRAM-SHA-256$4096:AAEC${key}:{key}x"),
+        ] {
+            assert!(Secret::parse(&verifier).is_none(), "{verifier}");
+        }
+    }
+
+    #[test]
+    fn malformed_client_first() {
+        for msg in [
+            &b""[..],
+            b"n,,n=user",
+            b"n,,r=abc",
+            b"n,,m=ext,n=,r=abc",
+            b"n,,n=,r=",
+            b"n,,n=,r=a\tb",
+            b"n,a=admin,n=,r=abc",
+            b"p=tls-server-end-point,,n=,r=abc",
+            b"n,,n=,r=\xff",
+        ] {
+            let mut server = ServerExchange::new(test_secret());
+            assert!(is_protocol_error(server.client_first(msg)), "{msg:?}");
+        }
+    }
+
+    #[test]
+    fn malformed_client_final() {
+        let proof = "dHzbZapWIk4jUhN+Ute9ytag9zjfMHgsqmmiz7AndVQ=";
+        let nonce = "abcSERVER";
+        for msg in [
+            format!("c=biws,r={nonce}"),
+            format!("c=biws,r={nonce},p=!!!!"),
+            format!("c=biws,r={nonce},p=AAAA"),
+            format!("c=biws,r=abcOTHER,p={proof}"),
+            format!("c=biws,p={proof}"),
+            format!("c=eSws,r={nonce},p={proof}"),
+            format!("r={nonce},c=biws,p={proof}"),
+        ] {
+            let mut server = ServerExchange::with_nonce(test_secret(), "SERVER");
+            server.client_first(b"n,,n=,r=abc").unwrap();
+            assert!(
+                is_protocol_error(server.client_final(msg.as_bytes())),
+                "{msg}"
+            );
+        }
+    }
+
+    #[test]
+    fn channel_binding_must_echo_the_gs2_header() {
+        let mut server = ServerExchange::with_nonce(test_secret(), "SERVER");
+        server.client_first(b"y,,n=,r=abc").unwrap();
+        let client_final = b"c=biws,r=abcSERVER,p=dHzbZapWIk4jUhN+Ute9ytag9zjfMHgsqmmiz7AndVQ=";
+        assert!(is_protocol_error(server.client_final(client_final)));
+    }
+
+    #[test]
+    fn server_steps_out_of_order() {
+        let mut server = ServerExchange::with_nonce(rfc_secret(), RFC_SERVER_NONCE);
+        assert!(is_protocol_error(server.client_final(RFC_CLIENT_FINAL)));
+
+        let mut server = ServerExchange::with_nonce(rfc_secret(), RFC_SERVER_NONCE);
+        server.client_first(RFC_CLIENT_FIRST).unwrap();
+        assert!(is_protocol_error(server.client_first(RFC_CLIENT_FIRST)));
+
+        let mut server = ServerExchange::with_nonce(rfc_secret(), RFC_SERVER_NONCE);
+        server.client_first(RFC_CLIENT_FIRST).unwrap();
+        server.client_final(RFC_CLIENT_FINAL).unwrap();
+        assert!(is_protocol_error(server.client_final(RFC_CLIENT_FINAL)));
+    }
+
+    #[test]
+    fn malformed_server_first() {
+        for msg in [
+            &b""[..],
+            b"r=rOprNGfwEbeRWgbNEkqO",
+            b"r=rOprNGfwEbeRWgbNEkqO,s=W22ZaJ0SNY7soEsUEjb6gQ==,i=4096",
+            b"r=OTHERrOprNGfwEbeRWgbNEkqO,s=W22ZaJ0SNY7soEsUEjb6gQ==,i=4096",
+            b"r=rOprNGfwEbeRWgbNEkqOxyz,s=W22ZaJ0SNY7soEsUEjb6gQ==",
+            b"r=rOprNGfwEbeRWgbNEkqOxyz,s=!!,i=4096",
+            b"r=rOprNGfwEbeRWgbNEkqOxyz,s=W22ZaJ0SNY7soEsUEjb6gQ==,i=0",
+            b"r=rOprNGfwEbeRWgbNEkqOxyz,s=W22ZaJ0SNY7soEsUEjb6gQ==,i=-1",
+            b"m=ext,r=rOprNGfwEbeRWgbNEkqOxyz,s=W22ZaJ0SNY7soEsUEjb6gQ==,i=4096",
+        ] {
+            let mut client = ClientExchange::with_nonce("pencil", RFC_CLIENT_NONCE);
+            assert!(is_protocol_error(client.server_first(msg)), "{msg:?}");
+        }
+    }
+
+    #[test]
+    fn server_final_outcomes() {
+        let client = ClientExchange::with_nonce("pencil", RFC_CLIENT_NONCE);
+        assert!(is_protocol_error(client.server_final(RFC_SERVER_FINAL)));
+
+        let mut client = ClientExchange::with_nonce("pencil", RFC_CLIENT_NONCE);
+        client.server_first(RFC_SERVER_FIRST).unwrap();
+        assert!(is_protocol_error(client.server_first(RFC_SERVER_FIRST)));
+        assert_eq!(
+            client.server_final(b"e=invalid-proof"),
+            Err(ScramError::Server("invalid-proof".to_owned()))
+        );
+        // Valid for the RFC's client-first, not for ours with an empty user.
+        assert!(is_protocol_error(client.server_final(RFC_SERVER_FINAL)));
+        assert!(is_protocol_error(client.server_final(b"v=AAAA")));
+        assert!(is_protocol_error(client.server_final(b"x=1")));
+    }
+}

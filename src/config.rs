@@ -1,0 +1,506 @@
+//! The configuration file: TOML, every key documented here with its default, unknown keys refused. Loading
+//! validates everything and derives what the shards need (client secrets, server credentials), so a running
+//! pooler never meets a bad value. Errors name the file, the line and the key.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::auth::{md5, scram};
+
+/// How long a client keeps a server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PoolMode {
+    /// From a client's login to its logout; `server_reset_query` runs before the server is reused.
+    Session,
+    /// From the first message of a transaction to the ReadyForQuery that ends it.
+    Transaction,
+    /// One statement at a time: transaction blocks are refused.
+    Statement,
+}
+
+/// How pgherd authenticates clients.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+pub enum AuthType {
+    #[serde(rename = "scram-sha-256")]
+    ScramSha256,
+    #[serde(rename = "md5")]
+    Md5,
+    #[serde(rename = "trust")]
+    Trust,
+}
+
+/// Log verbosity, lowest first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogLevel {
+    Error,
+    Warn,
+    Info,
+    Debug,
+}
+
+/// The whole file, as written.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct File {
+    /// Addresses to accept clients on. Default `["127.0.0.1:6432"]`.
+    #[serde(default = "default_listen")]
+    listen: Vec<SocketAddr>,
+    /// Executors, one pinned per core. Default 0 = one per online CPU.
+    #[serde(default)]
+    workers: usize,
+    /// Pool mode of every database and user that does not set its own. Default "transaction".
+    #[serde(default = "default_pool_mode")]
+    pool_mode: PoolMode,
+    /// Most clients connected at once, over all shards; more get SQLSTATE 53300. Default 100000.
+    #[serde(default = "default_max_client_conn")]
+    max_client_conn: u32,
+    /// Client authentication of every user that does not set its own. Default "scram-sha-256".
+    #[serde(default = "default_auth_type")]
+    auth_type: AuthType,
+    /// listen(2) backlog of each shard's listener (capped by net.core.somaxconn). Default 4096.
+    #[serde(default = "default_backlog")]
+    listen_backlog: u32,
+    /// Seconds a client may take from connect to logged in before it is closed. Default 60.
+    #[serde(default = "secs::<60>", deserialize_with = "seconds")]
+    client_login_timeout: Duration,
+    /// Seconds a client may wait for a server before it gets SQLSTATE 57014 and is closed. Default 120.
+    #[serde(default = "secs::<120>", deserialize_with = "seconds")]
+    query_wait_timeout: Duration,
+    /// Seconds to connect and log in to PostgreSQL before the attempt counts as failed. Default 15.
+    #[serde(default = "secs::<15>", deserialize_with = "seconds")]
+    server_connect_timeout: Duration,
+    /// Longest pause between failed server connection attempts; retries start at 50 ms and double. Default 1.
+    #[serde(default = "secs::<1>", deserialize_with = "seconds")]
+    server_login_retry: Duration,
+    /// Seconds an idle server above `min_pool_size` is kept. Default 600.
+    #[serde(default = "secs::<600>", deserialize_with = "seconds")]
+    server_idle_timeout: Duration,
+    /// Seconds after which a server is closed when next idle. Default 3600.
+    #[serde(default = "secs::<3600>", deserialize_with = "seconds")]
+    server_lifetime: Duration,
+    /// Query run on a server when a session-mode client leaves. Default "DISCARD ALL"; "" runs nothing.
+    #[serde(default = "default_reset_query")]
+    server_reset_query: String,
+    /// Seconds that SIGTERM/SIGINT waits for running transactions before closing everything. Default 30.
+    #[serde(default = "secs::<30>", deserialize_with = "seconds")]
+    shutdown_timeout: Duration,
+    /// "error", "warn", "info" or "debug". Default "info".
+    #[serde(default = "default_log_level")]
+    log_level: LogLevel,
+    /// The databases clients may ask for, by the name they ask for.
+    #[serde(default)]
+    databases: BTreeMap<String, DatabaseFile>,
+    /// The users that may log in.
+    #[serde(default)]
+    users: BTreeMap<String, UserFile>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DatabaseFile {
+    /// PostgreSQL host. Default "127.0.0.1".
+    #[serde(default = "default_host")]
+    host: String,
+    /// PostgreSQL port. Default 5432.
+    #[serde(default = "default_port")]
+    port: u16,
+    /// Database name on PostgreSQL. Default: the section's name.
+    dbname: Option<String>,
+    /// Most server connections per user of this database, over all shards. Default 20.
+    #[serde(default = "default_pool_size")]
+    pool_size: u32,
+    /// Servers kept open even when idle, per user pool. Default 0.
+    #[serde(default)]
+    min_pool_size: u32,
+    /// Overrides the global pool_mode for this database.
+    pool_mode: Option<PoolMode>,
+    /// Most clients of this database at once. Default: no limit beyond max_client_conn.
+    max_client_conn: Option<u32>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct UserFile {
+    /// Plaintext, "md5<32 hex>" or a "SCRAM-SHA-256$<iterations>:<salt>$<StoredKey>:<ServerKey>" verifier.
+    password: String,
+    /// Overrides the global auth_type for this user.
+    auth_type: Option<AuthType>,
+    /// Overrides the database's pool_mode for this user.
+    pool_mode: Option<PoolMode>,
+    /// Most clients of this user at once. Default: no limit beyond max_client_conn.
+    max_client_conn: Option<u32>,
+}
+
+fn default_listen() -> Vec<SocketAddr> {
+    vec![SocketAddr::from(([127, 0, 0, 1], 6432))]
+}
+fn default_pool_mode() -> PoolMode {
+    PoolMode::Transaction
+}
+fn default_max_client_conn() -> u32 {
+    100_000
+}
+fn default_auth_type() -> AuthType {
+    AuthType::ScramSha256
+}
+fn default_backlog() -> u32 {
+    4096
+}
+fn default_reset_query() -> String {
+    "DISCARD ALL".into()
+}
+fn default_log_level() -> LogLevel {
+    LogLevel::Info
+}
+fn default_host() -> String {
+    "127.0.0.1".into()
+}
+fn default_port() -> u16 {
+    5432
+}
+fn default_pool_size() -> u32 {
+    20
+}
+fn secs<const N: u64>() -> Duration {
+    Duration::from_secs(N)
+}
+
+/// Durations are written in seconds, whole or fractional.
+fn seconds<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    let value = f64::deserialize(d)?;
+    Duration::try_from_secs_f64(value)
+        .ok()
+        .filter(|d| !d.is_zero())
+        .ok_or_else(|| {
+            serde::de::Error::custom(format!(
+                "expected a positive number of seconds, got {value}"
+            ))
+        })
+}
+
+/// The validated configuration the shards run on. Read-only after start-up.
+#[derive(Debug)]
+pub struct Config {
+    pub listen: Vec<SocketAddr>,
+    pub workers: usize,
+    pub max_client_conn: u32,
+    pub listen_backlog: u32,
+    pub client_login_timeout: Duration,
+    pub query_wait_timeout: Duration,
+    pub server_connect_timeout: Duration,
+    pub server_login_retry: Duration,
+    pub server_idle_timeout: Duration,
+    pub server_lifetime: Duration,
+    pub server_reset_query: String,
+    pub shutdown_timeout: Duration,
+    pub log_level: LogLevel,
+    pub databases: Vec<Database>,
+    pub users: Vec<User>,
+}
+
+#[derive(Debug)]
+pub struct Database {
+    pub name: String,
+    pub host: String,
+    pub port: u16,
+    pub dbname: String,
+    pub pool_size: u32,
+    pub min_pool_size: u32,
+    pub pool_mode: PoolMode,
+    pub max_client_conn: Option<u32>,
+}
+
+#[derive(Debug)]
+pub struct User {
+    pub name: String,
+    pub client_auth: ClientAuth,
+    /// What pgherd answers when PostgreSQL asks this user for a password.
+    pub server_password: ServerPassword,
+    pub pool_mode: Option<PoolMode>,
+    pub max_client_conn: Option<u32>,
+}
+
+/// What a client must prove, derived once at load so no login pays for a PBKDF2.
+#[derive(Debug)]
+pub enum ClientAuth {
+    Trust,
+    /// The "md5..." hash PostgreSQL would store.
+    Md5(String),
+    Scram(scram::Secret),
+}
+
+#[derive(Debug)]
+pub enum ServerPassword {
+    Plain(String),
+    /// Enough for md5 authentication, not for SCRAM or cleartext.
+    Md5(String),
+    /// A SCRAM verifier cannot log in anywhere by itself.
+    None,
+}
+
+impl Config {
+    pub fn database(&self, name: &str) -> Option<usize> {
+        self.databases.iter().position(|d| d.name == name)
+    }
+
+    pub fn user(&self, name: &str) -> Option<usize> {
+        self.users.iter().position(|u| u.name == name)
+    }
+
+    /// Pool mode of a (database, user) pair: the user's override wins over the database's.
+    pub fn pool_mode(&self, db: usize, user: usize) -> PoolMode {
+        self.users[user]
+            .pool_mode
+            .unwrap_or(self.databases[db].pool_mode)
+    }
+
+    /// Reads and validates `path`.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+            file: path.display().to_string(),
+            line: None,
+            message: format!("cannot read: {e}"),
+        })?;
+        Config::parse(&text).map_err(|mut e| {
+            e.file = path.display().to_string();
+            e
+        })
+    }
+
+    /// Validates a configuration text; errors carry the line they concern.
+    pub fn parse(text: &str) -> Result<Config, ConfigError> {
+        let file: File = toml::from_str(text).map_err(|e| {
+            let line = e.span().map(|s| text[..s.start].matches('\n').count() + 1);
+            ConfigError {
+                file: String::new(),
+                line,
+                message: e.message().trim().to_owned(),
+            }
+        })?;
+        let at = |needle: &str| {
+            text.lines()
+                .position(|l| l.trim_start().starts_with(needle))
+                .map(|n| n + 1)
+        };
+        let fail = |needle: &str, message: String| ConfigError {
+            file: String::new(),
+            line: at(needle),
+            message,
+        };
+
+        if file.listen.is_empty() {
+            return Err(fail(
+                "listen",
+                "listen: at least one address is needed".into(),
+            ));
+        }
+        // Client ids carry the shard in 7 bits (see session::cancel).
+        if file.workers > 128 {
+            return Err(fail(
+                "workers",
+                format!("workers: {} is more than the 128 supported", file.workers),
+            ));
+        }
+        let mut databases = Vec::new();
+        for (name, d) in file.databases {
+            let header = format!("[databases.{name}]");
+            if d.pool_size == 0 {
+                return Err(fail(
+                    &header,
+                    format!("databases.{name}.pool_size: must be at least 1"),
+                ));
+            }
+            if d.min_pool_size > d.pool_size {
+                return Err(fail(
+                    &header,
+                    format!("databases.{name}.min_pool_size: more than pool_size"),
+                ));
+            }
+            databases.push(Database {
+                dbname: d.dbname.unwrap_or_else(|| name.clone()),
+                name,
+                host: d.host,
+                port: d.port,
+                pool_size: d.pool_size,
+                min_pool_size: d.min_pool_size,
+                pool_mode: d.pool_mode.unwrap_or(file.pool_mode),
+                max_client_conn: d.max_client_conn,
+            });
+        }
+        let mut users = Vec::new();
+        for (name, u) in file.users {
+            let header = format!("[users.{name}]");
+            let auth = u.auth_type.unwrap_or(file.auth_type);
+            let (client_auth, server_password) = derive_secrets(&name, &u.password, auth)
+                .map_err(|why| fail(&header, format!("users.{name}.password: {why}")))?;
+            users.push(User {
+                name,
+                client_auth,
+                server_password,
+                pool_mode: u.pool_mode,
+                max_client_conn: u.max_client_conn,
+            });
+        }
+        Ok(Config {
+            listen: file.listen,
+            workers: file.workers,
+            max_client_conn: file.max_client_conn,
+            listen_backlog: file.listen_backlog,
+            client_login_timeout: file.client_login_timeout,
+            query_wait_timeout: file.query_wait_timeout,
+            server_connect_timeout: file.server_connect_timeout,
+            server_login_retry: file.server_login_retry,
+            server_idle_timeout: file.server_idle_timeout,
+            server_lifetime: file.server_lifetime,
+            server_reset_query: file.server_reset_query,
+            shutdown_timeout: file.shutdown_timeout,
+            log_level: file.log_level,
+            databases,
+            users,
+        })
+    }
+}
+
+fn is_md5_hash(password: &str) -> bool {
+    password.len() == 35
+        && password.starts_with("md5")
+        && password[3..].bytes().all(|b| b.is_ascii_hexdigit())
+}
+
+/// Turns a configured password into what client authentication checks and what server login answers.
+fn derive_secrets(
+    user: &str,
+    password: &str,
+    auth: AuthType,
+) -> Result<(ClientAuth, ServerPassword), String> {
+    if password.starts_with("SCRAM-SHA-256$") {
+        let secret = scram::Secret::parse(password).ok_or("malformed SCRAM-SHA-256 verifier")?;
+        return match auth {
+            AuthType::ScramSha256 => Ok((ClientAuth::Scram(secret), ServerPassword::None)),
+            AuthType::Trust => Ok((ClientAuth::Trust, ServerPassword::None)),
+            AuthType::Md5 => Err("a SCRAM verifier cannot check md5 logins".into()),
+        };
+    }
+    if is_md5_hash(password) {
+        let hash = password.to_ascii_lowercase();
+        return match auth {
+            AuthType::Md5 => Ok((ClientAuth::Md5(hash.clone()), ServerPassword::Md5(hash))),
+            AuthType::Trust => Ok((ClientAuth::Trust, ServerPassword::Md5(hash))),
+            AuthType::ScramSha256 => Err("an md5 hash cannot check SCRAM-SHA-256 logins".into()),
+        };
+    }
+    let client = match auth {
+        AuthType::Trust => ClientAuth::Trust,
+        AuthType::Md5 => ClientAuth::Md5(md5::stored_hash(user, password)),
+        AuthType::ScramSha256 => ClientAuth::Scram(scram::Secret::generate(password)),
+    };
+    Ok((client, ServerPassword::Plain(password.to_owned())))
+}
+
+/// A configuration problem, reported as `file:line: message`.
+#[derive(Debug)]
+pub struct ConfigError {
+    pub file: String,
+    pub line: Option<usize>,
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.line {
+            Some(line) => write!(f, "{}:{}: {}", self.file, line, self.message),
+            None => write!(f, "{}: {}", self.file, self.message),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const EXAMPLE: &str = r#"
+listen = ["127.0.0.1:6432"]
+workers = 2
+pool_mode = "transaction"
+max_client_conn = 100000
+auth_type = "scram-sha-256"
+
+[databases.bench]
+host = "127.0.0.1"
+port = 5432
+dbname = "bench"
+pool_size = 20
+
+[users.bench]
+password = "bench"
+
+[users.legacy]
+password = "legacy"
+auth_type = "md5"
+"#;
+
+    #[test]
+    fn the_documented_example_loads() {
+        let c = Config::parse(EXAMPLE).unwrap();
+        assert_eq!(c.workers, 2);
+        assert_eq!(c.databases[0].pool_size, 20);
+        assert_eq!(c.pool_mode(0, 0), PoolMode::Transaction);
+        let legacy = &c.users[c.user("legacy").unwrap()];
+        assert!(
+            matches!(&legacy.client_auth, ClientAuth::Md5(h) if *h == md5::stored_hash("legacy", "legacy"))
+        );
+        assert!(matches!(
+            c.users[c.user("bench").unwrap()].client_auth,
+            ClientAuth::Scram(_)
+        ));
+        assert_eq!(c.query_wait_timeout, Duration::from_secs(120));
+    }
+
+    fn error_of(text: &str) -> ConfigError {
+        Config::parse(text).unwrap_err()
+    }
+
+    #[test]
+    fn unknown_keys_name_the_key_and_line() {
+        let e = error_of("workers = 1\npool_sise = 3\n");
+        assert_eq!(e.line, Some(2));
+        assert!(e.message.contains("pool_sise"), "{}", e.message);
+        let e = error_of("[databases.a]\nhost = \"h\"\npoolsize = 3\n");
+        assert_eq!(e.line, Some(3));
+    }
+
+    #[test]
+    fn bad_values_are_refused() {
+        let e = error_of("workers = 1\npool_mode = \"sometimes\"\n");
+        assert_eq!(e.line, Some(2));
+        assert!(e.message.contains("sometimes"), "{}", e.message);
+        let e = error_of("query_wait_timeout = -1\n");
+        assert_eq!(e.line, Some(1));
+        let e = error_of("[databases.a]\npool_size = 0\n");
+        assert_eq!(e.line, Some(1));
+        assert!(e.message.contains("pool_size"));
+        let e = error_of("\n[users.u]\npassword = \"md5aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\"\n");
+        assert_eq!(e.line, Some(2));
+        assert!(e.message.contains("users.u.password"));
+        assert!(error_of("listen = [\"not an address\"]")
+            .message
+            .contains("address"));
+    }
+
+    #[test]
+    fn a_missing_file_is_named() {
+        let e = Config::load(Path::new("/nonexistent/pgherd.toml")).unwrap_err();
+        assert!(
+            e.to_string()
+                .starts_with("/nonexistent/pgherd.toml: cannot read"),
+            "{e}"
+        );
+    }
+}

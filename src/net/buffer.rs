@@ -1,0 +1,147 @@
+//! Per-shard I/O buffers. A connection takes one only while bytes are in flight and gives it back when it has
+//! forwarded everything, so idle clients own none (PgBouncer's lazily taken packet buffer is the model).
+
+use std::cell::RefCell;
+
+/// Bytes of one buffer. Large enough that a select-only round trip is one read and one write per side, small
+/// enough that a 32 MB row streams through in pieces.
+pub const BUFFER_SIZE: usize = 32 * 1024;
+
+/// A buffer with three cursors, as in PgBouncer's iobuf: `[start, scanned)` is framed and ready to send,
+/// `[scanned, end)` has been received but not framed yet (a partial header or a message read whole).
+pub struct IoBuf {
+    data: Box<[u8]>,
+    start: usize,
+    scanned: usize,
+    end: usize,
+}
+
+impl IoBuf {
+    fn new() -> IoBuf {
+        IoBuf {
+            data: vec![0; BUFFER_SIZE].into_boxed_slice(),
+            start: 0,
+            scanned: 0,
+            end: 0,
+        }
+    }
+
+    /// Room to receive into, moving unsent bytes to the front when the tail is full.
+    pub fn spare(&mut self) -> &mut [u8] {
+        if self.end == self.data.len() && self.start > 0 {
+            self.data.copy_within(self.start..self.end, 0);
+            self.scanned -= self.start;
+            self.end -= self.start;
+            self.start = 0;
+        }
+        &mut self.data[self.end..]
+    }
+
+    pub fn received(&mut self, n: usize) {
+        self.end += n;
+    }
+
+    pub fn unscanned(&self) -> &[u8] {
+        &self.data[self.scanned..self.end]
+    }
+
+    pub fn scanned(&mut self, n: usize) {
+        self.scanned += n;
+    }
+
+    pub fn to_send(&self) -> &[u8] {
+        &self.data[self.start..self.scanned]
+    }
+
+    pub fn sent(&mut self, n: usize) {
+        self.start += n;
+        if self.start == self.end {
+            self.start = 0;
+            self.scanned = 0;
+            self.end = 0;
+        }
+    }
+
+    /// Drops received bytes that are not framed yet (what a client sent after Terminate).
+    pub fn truncate_unscanned(&mut self) {
+        self.end = self.scanned;
+        self.sent(0);
+    }
+
+    /// The buffer with its contents dropped, ready for reuse.
+    pub fn emptied(mut self) -> IoBuf {
+        self.start = 0;
+        self.scanned = 0;
+        self.end = 0;
+        self
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.start == self.end
+    }
+
+    pub fn has_room(&self) -> bool {
+        self.end < self.data.len() || self.start > 0
+    }
+}
+
+/// The shard's free buffers.
+#[derive(Default)]
+pub struct BufferPool {
+    free: RefCell<Vec<IoBuf>>,
+}
+
+/// Buffers kept for reuse; beyond this, returned buffers are freed so a burst does not pin memory forever.
+const KEEP_FREE: usize = 64;
+
+impl BufferPool {
+    pub fn take(&self) -> IoBuf {
+        self.free.borrow_mut().pop().unwrap_or_else(IoBuf::new)
+    }
+
+    pub fn give(&self, buf: IoBuf) {
+        debug_assert!(buf.is_empty());
+        let mut free = self.free.borrow_mut();
+        if free.len() < KEEP_FREE {
+            free.push(buf);
+        }
+    }
+
+    /// Returns `slot`'s buffer to the pool if it holds no bytes.
+    pub fn give_if_empty(&self, slot: &mut Option<IoBuf>) {
+        if slot.as_ref().is_some_and(IoBuf::is_empty) {
+            self.give(slot.take().expect("checked above"));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cursors_move_and_reset() {
+        let mut b = IoBuf::new();
+        b.spare()[..5].copy_from_slice(b"hello");
+        b.received(5);
+        assert_eq!(b.unscanned(), b"hello");
+        b.scanned(3);
+        assert_eq!(b.to_send(), b"hel");
+        b.sent(3);
+        assert!(!b.is_empty());
+        b.scanned(2);
+        b.sent(2);
+        assert!(b.is_empty());
+        assert_eq!(b.spare().len(), BUFFER_SIZE);
+    }
+
+    #[test]
+    fn a_full_tail_compacts() {
+        let mut b = IoBuf::new();
+        b.received(BUFFER_SIZE);
+        b.scanned(BUFFER_SIZE - 2);
+        b.sent(BUFFER_SIZE - 2);
+        assert_eq!(b.spare().len(), BUFFER_SIZE - 2);
+        assert_eq!(b.unscanned().len(), 2);
+    }
+}

@@ -1,0 +1,156 @@
+//! Connections to PostgreSQL: login as a client ([`connect`]), health, cancel, and moving a connection to
+//! another shard.
+
+pub mod connect;
+
+use std::net::SocketAddr;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::time::Instant;
+
+use futures_lite::{AsyncReadExt, AsyncWriteExt};
+use glommio::net::TcpStream;
+
+use crate::proto::frame::{Flow, Scanner};
+use crate::proto::{encode, MAX_MESSAGE_LEN};
+
+/// A logged-in server connection that no client is using mid-message.
+pub struct Server {
+    pub stream: TcpStream,
+    /// PostgreSQL's BackendKeyData, for cancelling this server's query.
+    pub key: BackendKey,
+    /// The ParameterStatus values this server reported.
+    pub params: Vec<(String, String)>,
+    pub created: Instant,
+    pub idle_since: Instant,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct BackendKey {
+    pub addr: SocketAddr,
+    pub pid: u32,
+    pub secret: u32,
+}
+
+/// A server on its way to another shard: the socket as a plain fd, since a glommio stream belongs to the
+/// executor that made it.
+pub struct Transfer {
+    fd: OwnedFd,
+    key: BackendKey,
+    params: Vec<(String, String)>,
+    created: Instant,
+}
+
+impl Server {
+    /// True unless the server closed or sent something while idle (a FATAL from pg_terminate_backend or a
+    /// shutdown). One non-blocking peek: cheaper than a query, and it catches what a dead backend leaves.
+    pub fn is_alive(&self) -> bool {
+        let mut byte = 0u8;
+        // SAFETY: a valid fd and a one-byte buffer that outlives the call.
+        let n = unsafe {
+            libc::recv(
+                self.stream.as_raw_fd(),
+                (&mut byte as *mut u8).cast(),
+                1,
+                libc::MSG_PEEK | libc::MSG_DONTWAIT,
+            )
+        };
+        n < 0 && std::io::Error::last_os_error().kind() == std::io::ErrorKind::WouldBlock
+    }
+
+    pub fn into_transfer(self) -> std::io::Result<Transfer> {
+        // glommio 0.9 cannot release a stream's fd without closing it: keep a duplicate.
+        let fd = dup_fd(self.stream.as_raw_fd())?;
+        Ok(Transfer {
+            fd,
+            key: self.key,
+            params: self.params,
+            created: self.created,
+        })
+    }
+
+    pub fn from_transfer(t: Transfer) -> Server {
+        use std::os::fd::IntoRawFd;
+        // SAFETY: we own the fd; glommio takes it over.
+        let stream = unsafe { TcpStream::from_raw_fd(t.fd.into_raw_fd()) };
+        Server {
+            stream,
+            key: t.key,
+            params: t.params,
+            created: t.created,
+            idle_since: Instant::now(),
+        }
+    }
+
+    /// Runs one simple-protocol command (ROLLBACK, the reset query) and waits for its ReadyForQuery. Returns
+    /// whether the server ended idle and in sync, i.e. can be reused.
+    pub async fn run(&mut self, sql: &str, limit: std::time::Duration) -> bool {
+        let mut out = Vec::new();
+        encode::query(&mut out, sql);
+        let work = async {
+            self.stream.write_all(&out).await.ok()?;
+            self.drain_until_ready(1).await
+        };
+        matches!(
+            glommio::timer::timeout(limit, async { Ok(work.await) }).await,
+            Ok(Some(b'I'))
+        )
+    }
+
+    /// Reads and drops server output until `count` ReadyForQuery messages have passed; returns the last status.
+    pub async fn drain_until_ready(&mut self, mut count: u32) -> Option<u8> {
+        let mut buf = vec![0u8; 8192];
+        let (mut have, mut status) = (0, None);
+        let mut scanner = Scanner::default();
+        while count > 0 {
+            let n = self.stream.read(&mut buf[have..]).await.ok()?;
+            if n == 0 {
+                return None;
+            }
+            have += n;
+            let used = scanner
+                .scan(
+                    &buf[..have],
+                    MAX_MESSAGE_LEN,
+                    16,
+                    |t| t == b'Z',
+                    |tag, body| {
+                        if let (b'Z', Some(&[s])) = (tag, body) {
+                            count = count.saturating_sub(1);
+                            status = Some(s);
+                        }
+                        Flow::Pass
+                    },
+                )
+                .ok()?;
+            buf.copy_within(used..have, 0);
+            have -= used;
+        }
+        status
+    }
+}
+
+fn dup_fd(fd: i32) -> std::io::Result<OwnedFd> {
+    // SAFETY: dup of a valid fd; the result is owned by the OwnedFd.
+    let new = unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 0) };
+    if new < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: `new` is a fresh fd nobody else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(new) })
+}
+
+/// Asks PostgreSQL to cancel whatever `key`'s backend is running, on a connection of its own as the protocol
+/// requires. Best effort, like PostgreSQL's own cancel.
+pub async fn cancel(key: BackendKey, limit: std::time::Duration) {
+    let mut out = Vec::new();
+    encode::cancel_request(&mut out, key.pid, key.secret);
+    let attempt = async {
+        let mut stream = TcpStream::connect_timeout(key.addr, limit).await?;
+        stream.write_all(&out).await?;
+        // PostgreSQL closes the connection once it has acted; wait for that so the cancel has landed.
+        let mut byte = [0u8; 1];
+        let _ = stream.read(&mut byte).await;
+        Ok(())
+    };
+    let _ = glommio::timer::timeout(limit, attempt).await;
+}

@@ -1,0 +1,387 @@
+//! The relay: bytes between a client and its server, forwarded by header with bodies streamed, in
+//! shard-owned buffers. The lease starts at the first byte of a client message when the client holds no
+//! server, and ends (transaction and statement mode) at the ReadyForQuery that leaves nothing in flight.
+
+use std::future::Future;
+use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use futures_lite::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use glommio::net::TcpStream;
+
+use super::state::{ClientMessage, Tracker};
+use super::Fatal;
+use crate::config::PoolMode;
+use crate::net::buffer::{BufferPool, IoBuf};
+use crate::proto::frame::{Flow, Scanner};
+use crate::proto::{sqlstate, MAX_MESSAGE_LEN};
+use crate::server::{self, Server};
+use crate::shard::{AcquireError, PoolKey, Shard};
+
+/// Server messages read whole (ReadyForQuery, ParameterStatus) are far below this; it bounds the buffer a
+/// hostile server could make us hold.
+const MAX_WHOLE_SERVER_MESSAGE: usize = 8 * 1024;
+
+/// Time allowed for cleaning a server after its client left (ROLLBACK, reset query, cancel).
+const CLEANUP_TIMEOUT: Duration = Duration::from_secs(5);
+
+pub struct Relay<'a> {
+    shard: &'a Shard,
+    key: PoolKey,
+    pid: u32,
+    mode: PoolMode,
+    server: Option<Server>,
+    c2s: Option<IoBuf>,
+    s2c: Option<IoBuf>,
+    from_client: Scanner,
+    from_server: Scanner,
+    tx: Tracker,
+    /// The client sent Terminate: forward what came before it, then finish.
+    terminated: bool,
+    /// Tag of the last message from the server, to know whether it explained its own exit.
+    last_server_tag: u8,
+}
+
+enum Event {
+    Wrote,
+    ClientRead,
+    ServerRead,
+    ClientClosed,
+    ServerClosed,
+}
+
+impl<'a> Relay<'a> {
+    pub fn new(shard: &'a Shard, key: PoolKey, pid: u32) -> Relay<'a> {
+        Relay {
+            shard,
+            key,
+            pid,
+            mode: shard.config().pool_mode(key.db as usize, key.user as usize),
+            server: None,
+            c2s: None,
+            s2c: None,
+            from_client: Scanner::default(),
+            from_server: Scanner::default(),
+            tx: Tracker::default(),
+            terminated: false,
+            last_server_tag: 0,
+        }
+    }
+
+    /// Relays until the client leaves; the server, if any, is cleaned and returned or closed.
+    pub async fn run(mut self, client: &mut TcpStream) -> Result<(), Fatal> {
+        let result = self.relay(client).await;
+        if let Err(Fatal::Gone) | Ok(()) = result {
+            // Nothing more to tell the client, but let it have what the server already said.
+            self.flush_to_client(client).await;
+        }
+        Box::pin(self.finish()).await;
+        for slot in [&mut self.c2s, &mut self.s2c] {
+            // Whatever is left was for a peer that is gone.
+            if let Some(buf) = slot.take() {
+                self.shard.buffers.give(buf.emptied());
+            }
+        }
+        result
+    }
+
+    async fn relay(&mut self, client: &mut TcpStream) -> Result<(), Fatal> {
+        loop {
+            let event = Io {
+                client: &mut *client,
+                server: self.server.as_mut().map(|s| &mut s.stream),
+                read_client: !self.terminated,
+                c2s: &mut self.c2s,
+                s2c: &mut self.s2c,
+                buffers: &self.shard.buffers,
+            }
+            .await;
+            match event {
+                Event::Wrote => {}
+                Event::ClientRead => self.client_sent().await?,
+                Event::ServerRead => self.server_sent()?,
+                Event::ClientClosed if self.shard.shutting_down() => return Err(Fatal::shutdown()),
+                Event::ClientClosed => return Err(Fatal::Gone),
+                Event::ServerClosed => return self.server_lost(client).await,
+            }
+            let quiet = self.client_quiet();
+            if self.terminated && quiet {
+                return Ok(());
+            }
+            if self.mode != PoolMode::Session && quiet {
+                self.release_if_done();
+            }
+            if self.shard.shutting_down() && quiet && self.tx.idle() {
+                self.flush_to_client(client).await;
+                return Err(Fatal::shutdown());
+            }
+            self.shard.buffers.give_if_empty(&mut self.c2s);
+            self.shard.buffers.give_if_empty(&mut self.s2c);
+        }
+    }
+
+    /// Nothing from the client is half-framed or waiting to reach the server.
+    fn client_quiet(&self) -> bool {
+        self.from_client.at_boundary() && self.c2s.as_ref().is_none_or(IoBuf::is_empty)
+    }
+
+    async fn client_sent(&mut self) -> Result<(), Fatal> {
+        let buf = self.c2s.as_mut().expect("a client read fills c2s");
+        let tx = &mut self.tx;
+        let mut verdict = ClientMessage::Forward;
+        let n = self
+            .from_client
+            .scan(
+                buf.unscanned(),
+                MAX_MESSAGE_LEN,
+                0,
+                |_| false,
+                |tag, _| match tx.client(tag) {
+                    ClientMessage::Forward => Flow::Pass,
+                    other => {
+                        verdict = other;
+                        Flow::Stop
+                    }
+                },
+            )
+            .map_err(|e| Fatal::protocol(e.to_string()))?;
+        buf.scanned(n);
+        match verdict {
+            ClientMessage::Forward => {}
+            ClientMessage::Terminate => self.terminated = true,
+            ClientMessage::Invalid => {
+                let tag = buf.unscanned()[0];
+                return Err(Fatal::protocol(format!(
+                    "invalid frontend message type {tag}"
+                )));
+            }
+        }
+        if self.terminated {
+            // Terminate itself and anything after it are not forwarded.
+            buf.truncate_unscanned();
+        }
+        if self.server.is_none() && !buf.to_send().is_empty() {
+            self.lease().await?;
+        }
+        Ok(())
+    }
+
+    async fn lease(&mut self) -> Result<(), Fatal> {
+        let deadline = Instant::now() + self.shard.config().query_wait_timeout;
+        // Boxed so the connect path's state is not part of every idle client's task.
+        match Box::pin(self.shard.acquire(self.key, deadline)).await {
+            Ok(server) => {
+                self.shard.clients.set_server(self.pid, Some(server.key));
+                self.from_server = Scanner::default();
+                self.server = Some(server);
+                Ok(())
+            }
+            Err(AcquireError::Timeout) => Err(Fatal::new(
+                sqlstate::QUERY_CANCELED,
+                "query_wait_timeout: no server became available",
+            )),
+            Err(AcquireError::Rejected(e)) => Err(Fatal::Server(e)),
+            Err(AcquireError::Unusable(why)) => Err(Fatal::new(sqlstate::CONNECTION_FAILURE, why)),
+        }
+    }
+
+    fn server_sent(&mut self) -> Result<(), Fatal> {
+        let buf = self.s2c.as_mut().expect("a server read fills s2c");
+        let (tx, last) = (&mut self.tx, &mut self.last_server_tag);
+        let mut broken = false;
+        let n = self
+            .from_server
+            .scan(
+                buf.unscanned(),
+                MAX_MESSAGE_LEN,
+                MAX_WHOLE_SERVER_MESSAGE,
+                |tag| tag == b'Z',
+                |tag, body| {
+                    *last = tag;
+                    match (tag, body) {
+                        (b'Z', Some(&[status])) => tx.ready(status),
+                        (b'Z', _) => broken = true,
+                        _ => {}
+                    }
+                    Flow::Pass
+                },
+            )
+            .map_err(|e| Fatal::new(sqlstate::PROTOCOL_VIOLATION, format!("server sent {e}")))?;
+        buf.scanned(n);
+        if broken {
+            return Err(Fatal::new(
+                sqlstate::PROTOCOL_VIOLATION,
+                "server sent a malformed ReadyForQuery",
+            ));
+        }
+        if self.mode == PoolMode::Statement && self.tx.settled() && self.tx.in_transaction() {
+            return Err(Fatal::new(
+                sqlstate::FEATURE_NOT_SUPPORTED,
+                "transaction blocks are not allowed in statement pooling mode",
+            ));
+        }
+        Ok(())
+    }
+
+    /// Gives the server back when the transaction is over and the client has nothing more on the way.
+    fn release_if_done(&mut self) {
+        let server_quiet = self.from_server.at_boundary()
+            && self.s2c.as_ref().is_none_or(|b| b.unscanned().is_empty());
+        if self.tx.idle() && server_quiet {
+            if let Some(server) = self.server.take() {
+                self.shard.clients.set_server(self.pid, None);
+                self.shard.release(self.key, server);
+            }
+        }
+    }
+
+    /// The server closed or failed under the client: pass on what it said, then close the client as
+    /// PostgreSQL would have.
+    async fn server_lost(&mut self, client: &mut TcpStream) -> Result<(), Fatal> {
+        self.server = None;
+        self.shard.clients.set_server(self.pid, None);
+        self.shard.server_gone(self.key);
+        self.flush_to_client(client).await;
+        if self.last_server_tag == b'E' {
+            Err(Fatal::Gone)
+        } else {
+            Err(Fatal::new(
+                sqlstate::CONNECTION_FAILURE,
+                "server closed the connection unexpectedly",
+            ))
+        }
+    }
+
+    async fn flush_to_client(&mut self, client: &mut TcpStream) {
+        if let Some(buf) = self.s2c.as_mut() {
+            let bytes = buf.to_send();
+            if !bytes.is_empty() {
+                let n = bytes.len();
+                let deadline = Instant::now() + Duration::from_secs(1);
+                let _ = crate::shard::until(deadline, client.write_all(bytes)).await;
+                buf.sent(n);
+            }
+        }
+    }
+
+    /// After the client left: a server at a clean boundary is rolled back (and reset in session mode) and
+    /// reused; one running a query is cancelled first and closed, so the backend stops and drops its locks.
+    async fn finish(&mut self) {
+        let Some(mut server) = self.server.take() else {
+            return;
+        };
+        self.shard.clients.set_server(self.pid, None);
+        let server_quiet = self.from_server.at_boundary()
+            && self.s2c.as_ref().is_none_or(|b| b.unscanned().is_empty());
+        let clean = self.client_quiet() && server_quiet && self.tx.settled();
+        if clean {
+            let config = self.shard.config();
+            let mut ok = !self.tx.in_transaction() || server.run("ROLLBACK", CLEANUP_TIMEOUT).await;
+            if ok && self.mode == PoolMode::Session && !config.server_reset_query.is_empty() {
+                ok = server
+                    .run(&config.server_reset_query, CLEANUP_TIMEOUT)
+                    .await;
+            }
+            if ok {
+                return self.shard.release(self.key, server);
+            }
+        } else if self.tx.running() {
+            server::cancel(server.key, CLEANUP_TIMEOUT).await;
+        }
+        drop(server);
+        self.shard.server_gone(self.key);
+    }
+}
+
+/// One step of the relay: whichever of the (up to) four directions is ready first. Writes go first: they free
+/// buffer room and usually complete at once. Reads happen only into buffers with room, which is the
+/// back-pressure: a slow client stops the reads from its server. The client's read buffer is taken from the
+/// shard only for the duration of a poll unless bytes arrive, so an idle client holds none.
+struct Io<'a> {
+    client: &'a mut TcpStream,
+    server: Option<&'a mut TcpStream>,
+    read_client: bool,
+    c2s: &'a mut Option<IoBuf>,
+    s2c: &'a mut Option<IoBuf>,
+    buffers: &'a BufferPool,
+}
+
+impl Future for Io<'_> {
+    type Output = Event;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Event> {
+        let io = &mut *self;
+        if let Some(buf) = io.s2c.as_mut() {
+            if let Poll::Ready(event) = poll_send(io.client, buf, cx, Event::ClientClosed) {
+                return Poll::Ready(event);
+            }
+        }
+        if let (Some(server), Some(buf)) = (io.server.as_deref_mut(), io.c2s.as_mut()) {
+            if let Poll::Ready(event) = poll_send(server, buf, cx, Event::ServerClosed) {
+                return Poll::Ready(event);
+            }
+        }
+        if io.read_client {
+            if let Poll::Ready(result) = poll_receive(io.client, io.c2s, io.buffers, cx) {
+                return Poll::Ready(match result {
+                    Ok(0) | Err(_) => Event::ClientClosed,
+                    Ok(_) => Event::ClientRead,
+                });
+            }
+        }
+        if let Some(server) = io.server.as_deref_mut() {
+            if let Poll::Ready(result) = poll_receive(server, io.s2c, io.buffers, cx) {
+                return Poll::Ready(match result {
+                    Ok(0) | Err(_) => Event::ServerClosed,
+                    Ok(_) => Event::ServerRead,
+                });
+            }
+        }
+        Poll::Pending
+    }
+}
+
+fn poll_send(
+    stream: &mut TcpStream,
+    buf: &mut IoBuf,
+    cx: &mut Context<'_>,
+    closed: Event,
+) -> Poll<Event> {
+    if buf.to_send().is_empty() {
+        return Poll::Pending;
+    }
+    match Pin::new(stream).poll_write(cx, buf.to_send()) {
+        Poll::Ready(Ok(n)) if n > 0 => {
+            buf.sent(n);
+            Poll::Ready(Event::Wrote)
+        }
+        Poll::Ready(_) => Poll::Ready(closed),
+        Poll::Pending => Poll::Pending,
+    }
+}
+
+fn poll_receive(
+    stream: &mut TcpStream,
+    slot: &mut Option<IoBuf>,
+    buffers: &BufferPool,
+    cx: &mut Context<'_>,
+) -> Poll<io::Result<usize>> {
+    let buf = slot.get_or_insert_with(|| buffers.take());
+    if !buf.has_room() {
+        // Full of unsent bytes: the pending write will wake us.
+        return Poll::Pending;
+    }
+    match Pin::new(stream).poll_read(cx, buf.spare()) {
+        Poll::Ready(Ok(n)) => {
+            buf.received(n);
+            Poll::Ready(Ok(n))
+        }
+        Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+        Poll::Pending => {
+            buffers.give_if_empty(slot);
+            Poll::Pending
+        }
+    }
+}

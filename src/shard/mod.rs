@@ -1,0 +1,106 @@
+//! A shard: one pinned glommio executor that owns its listeners, its clients, a slice of every pool and the
+//! timers that look after them. Nothing mutable is shared with other shards; they talk through
+//! [`exchange`]. The only cross-shard state is [`Shared`]: the configuration (read-only) and client counters
+//! (atomics touched at connect and disconnect, never per query).
+
+pub mod exchange;
+mod pools;
+mod run;
+
+pub use pools::{until, AcquireError, PoolKey};
+pub use run::{check, start};
+
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::Arc;
+
+use glommio::channels::channel_mesh::Senders;
+
+use crate::config::Config;
+use crate::net::buffer::BufferPool;
+use crate::session::cancel::Registry;
+
+/// What all shards see.
+pub struct Shared {
+    pub config: Config,
+    pub shutdown: AtomicBool,
+    clients: AtomicU32,
+    per_database: Vec<AtomicU32>,
+    per_user: Vec<AtomicU32>,
+}
+
+impl Shared {
+    pub fn new(config: Config) -> Shared {
+        let counters = |n: usize| (0..n).map(|_| AtomicU32::new(0)).collect();
+        Shared {
+            shutdown: AtomicBool::new(false),
+            clients: AtomicU32::new(0),
+            per_database: counters(config.databases.len()),
+            per_user: counters(config.users.len()),
+            config,
+        }
+    }
+
+    /// Counts a client against `max_client_conn` and its database's and user's limits; `None` if one is full.
+    pub fn admit(self: &Arc<Self>, db: usize, user: usize) -> Option<Admission> {
+        let c = &self.config;
+        let checks = [
+            (&self.clients, Some(c.max_client_conn)),
+            (&self.per_database[db], c.databases[db].max_client_conn),
+            (&self.per_user[user], c.users[user].max_client_conn),
+        ];
+        for (taken, (counter, limit)) in checks.iter().enumerate() {
+            let before = counter.fetch_add(1, Ordering::Relaxed);
+            if limit.is_some_and(|max| before >= max) {
+                for (counter, _) in &checks[..=taken] {
+                    counter.fetch_sub(1, Ordering::Relaxed);
+                }
+                return None;
+            }
+        }
+        Some(Admission {
+            shared: self.clone(),
+            db,
+            user,
+        })
+    }
+}
+
+/// A client's place under the limits, given back when dropped.
+pub struct Admission {
+    shared: Arc<Shared>,
+    db: usize,
+    user: usize,
+}
+
+impl Drop for Admission {
+    fn drop(&mut self) {
+        self.shared.clients.fetch_sub(1, Ordering::Relaxed);
+        self.shared.per_database[self.db].fetch_sub(1, Ordering::Relaxed);
+        self.shared.per_user[self.user].fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// The per-core context every task of a shard holds an `Rc` to.
+pub struct Shard {
+    pub id: usize,
+    pub shards: usize,
+    pub shared: Arc<Shared>,
+    pub buffers: BufferPool,
+    pub clients: Registry,
+    pools: RefCell<HashMap<PoolKey, pools::Pool>>,
+    next_waiter: Cell<u64>,
+    peers: Option<Rc<Senders<exchange::Msg>>>,
+}
+
+impl Shard {
+    pub fn config(&self) -> &Config {
+        &self.shared.config
+    }
+
+    pub fn shutting_down(&self) -> bool {
+        self.shared.shutdown.load(Ordering::Relaxed)
+    }
+}

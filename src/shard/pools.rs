@@ -1,0 +1,354 @@
+//! The shard's side of every pool: performs what [`crate::pool::PoolShard`] decides. Leasing a server,
+//! giving it back, connecting on freed budget, and the messages peers send about pools.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::rc::Rc;
+use std::task::{Context, Poll, Waker};
+use std::time::{Duration, Instant};
+
+use super::exchange::{self, Msg};
+use super::Shard;
+use crate::pool::{Answer, Checkout, Freed, Handoff, PoolShard};
+use crate::proto::message::ErrorFields;
+use crate::server::connect::{self, ConnectError};
+use crate::server::{Server, Transfer};
+use crate::{debug, info, warn};
+
+/// A pool: (database index, user index) in the configuration.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct PoolKey {
+    pub db: u32,
+    pub user: u32,
+}
+
+/// What a waiting client receives.
+enum Grant {
+    Server(Box<Server>),
+    /// Budget: open a new server.
+    Connect,
+}
+
+/// A one-shot hand-over between the shard and one waiting client task.
+#[derive(Default)]
+struct GrantSlot {
+    grant: RefCell<Option<Grant>>,
+    waker: RefCell<Option<Waker>>,
+}
+
+impl GrantSlot {
+    fn fill(&self, grant: Grant) {
+        *self.grant.borrow_mut() = Some(grant);
+        if let Some(waker) = self.waker.borrow_mut().take() {
+            waker.wake();
+        }
+    }
+}
+
+impl Future for &GrantSlot {
+    type Output = Grant;
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Grant> {
+        match self.grant.borrow_mut().take() {
+            Some(grant) => Poll::Ready(grant),
+            None => {
+                *self.waker.borrow_mut() = Some(cx.waker().clone());
+                Poll::Pending
+            }
+        }
+    }
+}
+
+pub(super) struct Pool {
+    core: PoolShard<Server, u64>,
+    waiting: HashMap<u64, Rc<GrantSlot>>,
+    /// ParameterStatus set of this pool's servers, reported to clients at login.
+    params: Option<Rc<[(String, String)]>>,
+    /// Server connection attempts wait until then after failures.
+    retry_at: Instant,
+    retry_delay: Duration,
+}
+
+#[derive(Debug)]
+pub enum AcquireError {
+    /// No server within query_wait_timeout.
+    Timeout,
+    /// PostgreSQL refused pgherd's login.
+    Rejected(ErrorFields),
+    /// pgherd cannot log in to PostgreSQL for this pool (e.g. no usable password).
+    Unusable(String),
+}
+
+const FIRST_RETRY_DELAY: Duration = Duration::from_millis(50);
+
+/// Runs `fut` until `deadline`; `None` if the deadline came first.
+pub async fn until<T>(deadline: Instant, fut: impl Future<Output = T>) -> Option<T> {
+    let left = deadline.saturating_duration_since(Instant::now());
+    if left.is_zero() {
+        return None;
+    }
+    glommio::timer::timeout(left, async { Ok(fut.await) })
+        .await
+        .ok()
+}
+
+impl Shard {
+    fn pool<R>(&self, key: PoolKey, f: impl FnOnce(&mut Pool) -> R) -> R {
+        let mut pools = self.pools.borrow_mut();
+        let pool = pools.entry(key).or_insert_with(|| Pool {
+            core: PoolShard::new(
+                self.config().databases[key.db as usize].pool_size,
+                self.shards,
+                self.id,
+            ),
+            waiting: HashMap::new(),
+            params: None,
+            retry_at: Instant::now(),
+            retry_delay: Duration::ZERO,
+        });
+        f(pool)
+    }
+
+    /// A server for a client of `key`, by `deadline`. Never hands out a server that died while idle.
+    pub async fn acquire(&self, key: PoolKey, deadline: Instant) -> Result<Server, AcquireError> {
+        loop {
+            let waiter = self.next_waiter.get();
+            self.next_waiter.set(waiter + 1);
+            let grant = match self.pool(key, |p| p.core.checkout(waiter)) {
+                Checkout::Ready(server) => Grant::Server(Box::new(server)),
+                Checkout::Connect => Grant::Connect,
+                Checkout::Wait { ask } => {
+                    let slot = Rc::new(GrantSlot::default());
+                    self.pool(key, |p| p.waiting.insert(waiter, slot.clone()));
+                    self.ask(key, ask);
+                    match until(deadline, &*slot).await {
+                        Some(grant) => grant,
+                        None => {
+                            self.pool(key, |p| {
+                                p.core.cancel_wait(&waiter);
+                                p.waiting.remove(&waiter);
+                            });
+                            // A grant may have landed as the timer fired.
+                            slot.grant
+                                .borrow_mut()
+                                .take()
+                                .ok_or(AcquireError::Timeout)?
+                        }
+                    }
+                }
+            };
+            match grant {
+                Grant::Server(server) if server.is_alive() => return Ok(*server),
+                Grant::Server(_) => {
+                    debug!("closing a server that died while idle");
+                    self.server_gone(key);
+                }
+                Grant::Connect => match self.connect(key, deadline).await {
+                    Ok(server) => return Ok(server),
+                    Err(ConnectError::Rejected(e)) if !connect::is_transient(&e) => {
+                        return Err(AcquireError::Rejected(e))
+                    }
+                    Err(ConnectError::Unsupported(why)) => return Err(AcquireError::Unusable(why)),
+                    Err(_) if Instant::now() >= deadline => return Err(AcquireError::Timeout),
+                    Err(_) => {}
+                },
+            }
+        }
+    }
+
+    /// Opens a server on budget already taken for it; on failure the budget goes back.
+    async fn connect(&self, key: PoolKey, deadline: Instant) -> Result<Server, ConnectError> {
+        let retry_at = self.pool(key, |p| p.retry_at);
+        if until(
+            deadline,
+            glommio::timer::sleep(retry_at.saturating_duration_since(Instant::now())),
+        )
+        .await
+        .is_none()
+        {
+            self.server_gone(key);
+            return Err(ConnectError::Io(std::io::ErrorKind::TimedOut.into()));
+        }
+        let config = self.config();
+        let (db, user) = (
+            &config.databases[key.db as usize],
+            &config.users[key.user as usize],
+        );
+        match connect::connect(db, user, config.server_connect_timeout).await {
+            Ok(server) => {
+                self.pool(key, |p| {
+                    if !p.retry_delay.is_zero() {
+                        info!(
+                            "server {}:{} for {}@{} is reachable again",
+                            db.host, db.port, user.name, db.name
+                        );
+                    }
+                    p.retry_delay = Duration::ZERO;
+                    p.params.get_or_insert_with(|| server.params.clone().into());
+                });
+                Ok(server)
+            }
+            Err(e) => {
+                let max = config.server_login_retry;
+                self.pool(key, |p| {
+                    if p.retry_delay.is_zero() {
+                        warn!(
+                            "server {}:{} for {}@{}: {e}",
+                            db.host, db.port, user.name, db.name
+                        );
+                    }
+                    p.retry_delay = (p.retry_delay * 2).clamp(FIRST_RETRY_DELAY, max);
+                    p.retry_at = Instant::now() + p.retry_delay;
+                });
+                self.server_gone(key);
+                Err(e)
+            }
+        }
+    }
+
+    /// The ParameterStatus set clients of `key` are told at login, connecting a server first if none ever was.
+    pub async fn server_params(
+        &self,
+        key: PoolKey,
+        deadline: Instant,
+    ) -> Result<Rc<[(String, String)]>, AcquireError> {
+        if let Some(params) = self.pool(key, |p| p.params.clone()) {
+            return Ok(params);
+        }
+        let server = self.acquire(key, deadline).await?;
+        let params: Rc<[(String, String)]> = server.params.clone().into();
+        self.pool(key, |p| {
+            p.params.get_or_insert_with(|| params.clone()).clone()
+        });
+        self.release(key, server);
+        Ok(params)
+    }
+
+    /// A client is done with a healthy, idle server.
+    pub fn release(&self, key: PoolKey, mut server: Server) {
+        server.idle_since = Instant::now();
+        let handoff = self.pool(key, |p| p.core.release(server));
+        self.place_server(key, handoff);
+    }
+
+    fn place_server(&self, key: PoolKey, handoff: Handoff<Server, u64>) {
+        match handoff {
+            Handoff::ToWaiter(waiter, server) => {
+                self.grant(key, waiter, Grant::Server(Box::new(server)))
+            }
+            Handoff::ToPeer(peer, server) => match server.into_transfer() {
+                Ok(server) => self.send_to_peer(peer, Msg::Server { pool: key, server }),
+                Err(e) => {
+                    warn!("cannot hand a server to shard {peer}: {e}; giving its budget instead");
+                    self.send_to_peer(peer, Msg::Budget { pool: key });
+                }
+            },
+            Handoff::Idle => {}
+        }
+    }
+
+    /// A server of `key` owned here was closed (or never opened): its budget is free.
+    pub fn server_gone(&self, key: PoolKey) {
+        let freed = self.pool(key, |p| p.core.closed());
+        self.place_budget(key, freed);
+    }
+
+    fn place_budget(&self, key: PoolKey, freed: Freed<u64>) {
+        match freed {
+            Freed::Connect(waiter) => self.grant(key, waiter, Grant::Connect),
+            Freed::ToPeer(peer) => self.send_to_peer(peer, Msg::Budget { pool: key }),
+            Freed::Kept => {}
+        }
+    }
+
+    fn grant(&self, key: PoolKey, waiter: u64, grant: Grant) {
+        let slot = self.pool(key, |p| p.waiting.remove(&waiter));
+        slot.expect("the pool core only names waiters that are waiting")
+            .fill(grant);
+    }
+
+    fn ask(&self, key: PoolKey, peers: Vec<usize>) {
+        for peer in peers {
+            self.send_to_peer(peer, Msg::Ask { pool: key });
+        }
+    }
+
+    pub(super) fn send_to_peer(&self, peer: usize, msg: Msg) {
+        let peers = self
+            .peers
+            .as_ref()
+            .expect("a single shard has no peers to send to");
+        exchange::send(peers, peer, msg);
+    }
+
+    pub(super) fn peer_asks(&self, key: PoolKey, peer: usize) {
+        match self.pool(key, |p| p.core.asked_by(peer)) {
+            Answer::GiveServer(server) => self.place_server(key, Handoff::ToPeer(peer, server)),
+            Answer::GiveBudget => self.send_to_peer(peer, Msg::Budget { pool: key }),
+            Answer::Noted => {}
+        }
+    }
+
+    pub(super) fn server_from_peer(&self, key: PoolKey, peer: usize, server: Transfer) {
+        let server = Server::from_transfer(server);
+        let (handoff, ask) = self.pool(key, |p| p.core.server_from(peer, server));
+        self.place_server(key, handoff);
+        self.ask(key, ask);
+    }
+
+    pub(super) fn budget_from_peer(&self, key: PoolKey, peer: usize) {
+        let (freed, ask) = self.pool(key, |p| p.core.budget_from(peer));
+        self.place_budget(key, freed);
+        self.ask(key, ask);
+    }
+
+    /// Closes idle servers that died, idled past server_idle_timeout or lived past server_lifetime (keeping
+    /// this shard's share of min_pool_size), then opens servers up to that share.
+    pub(super) fn look_after_pools(self: &Rc<Self>) {
+        let config = self.config();
+        let now = Instant::now();
+        let keys: Vec<PoolKey> = self.pools.borrow().keys().copied().collect();
+        for key in keys {
+            let min = self.share(config.databases[key.db as usize].min_pool_size);
+            let expired = self.pool(key, |p| {
+                p.core.take_expired(min, |s| {
+                    now.duration_since(s.idle_since) >= config.server_idle_timeout
+                        || now.duration_since(s.created) >= config.server_lifetime
+                        || !s.is_alive()
+                })
+            });
+            for server in expired {
+                drop(server);
+                self.server_gone(key);
+            }
+            while self.pool(key, |p| p.core.warm_up(min)) {
+                let shard = self.clone();
+                glommio::spawn_local(async move {
+                    let deadline = Instant::now() + shard.config().server_connect_timeout;
+                    if let Ok(server) = shard.connect(key, deadline).await {
+                        shard.release(key, server);
+                    }
+                })
+                .detach();
+            }
+        }
+    }
+
+    /// This shard's part of a per-pool number split over all shards.
+    fn share(&self, n: u32) -> u32 {
+        let shards = self.shards as u32;
+        n / shards + u32::from((self.id as u32) < n % shards)
+    }
+
+    /// Closes every idle server (at shutdown).
+    pub(super) fn close_idle_servers(&self) {
+        let keys: Vec<PoolKey> = self.pools.borrow().keys().copied().collect();
+        for key in keys {
+            while let Some(server) = self.pool(key, |p| p.core.take_idle()) {
+                drop(server);
+                self.pool(key, |p| p.core.closed());
+            }
+        }
+    }
+}

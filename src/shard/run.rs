@@ -1,0 +1,232 @@
+//! Start-up and shutdown: listeners bound up front (so a bad address fails before anything runs), one pinned
+//! executor per shard, the channel mesh, each shard's accept loops and its maintenance tick.
+
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::os::fd::{IntoRawFd, OwnedFd};
+use std::os::unix::io::FromRawFd;
+use std::rc::Rc;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use glommio::channels::channel_mesh::MeshBuilder;
+use glommio::net::TcpListener;
+use glommio::{LocalExecutorBuilder, Placement};
+
+use super::exchange::{self, Msg, CHANNEL_SLOTS};
+use super::{Shard, Shared};
+use crate::config::Config;
+use crate::net::buffer::BufferPool;
+use crate::session::cancel::{shard_of, Registry};
+use crate::{error, info, warn};
+
+/// The maintenance tick: shutdown check every tick, pool upkeep every `UPKEEP_EVERY` ticks. Its cost does not
+/// grow with the number of clients.
+const TICK: Duration = Duration::from_millis(100);
+const UPKEEP_EVERY: u32 = 10;
+
+/// glommio registers this much memory per executor for file I/O; a network-only pooler needs the minimum.
+const IO_MEMORY: usize = 64 << 10;
+/// Submission queue depth: bursts of thousands of readiness completions must not overflow the ring.
+const RING_DEPTH: usize = 4096;
+
+/// Runs the pooler until SIGTERM or SIGINT has been handled.
+pub fn start(config: Config) -> std::io::Result<()> {
+    let cpus = core_affinity::get_core_ids().unwrap_or_default();
+    let shards = match config.workers {
+        0 => cpus.len().max(1),
+        n => n,
+    };
+    // Every shard gets its own SO_REUSEPORT socket on every address.
+    let mut listeners: Vec<Vec<OwnedFd>> = (0..shards).map(|_| Vec::new()).collect();
+    for addr in &config.listen {
+        for shard in listeners.iter_mut() {
+            let socket = crate::net::listener::bind(*addr, config.listen_backlog).map_err(|e| {
+                std::io::Error::new(e.kind(), format!("cannot listen on {addr}: {e}"))
+            })?;
+            shard.push(socket);
+        }
+    }
+    info!(
+        "pgherd {} starting: {shards} shard(s), listen {:?}, max_client_conn {}, {} database(s), {} user(s)",
+        env!("CARGO_PKG_VERSION"),
+        config.listen,
+        config.max_client_conn,
+        config.databases.len(),
+        config.users.len()
+    );
+    for db in &config.databases {
+        info!(
+            "database {}: {}:{}/{} pool_size {} min_pool_size {} pool_mode {:?}",
+            db.name, db.host, db.port, db.dbname, db.pool_size, db.min_pool_size, db.pool_mode
+        );
+    }
+    let shared = Arc::new(Shared::new(config));
+    let signals = block_signals();
+    let mesh = (shards > 1).then(|| MeshBuilder::<Msg, _>::full(shards, CHANNEL_SLOTS));
+    let mut handles = Vec::new();
+    for (id, fds) in listeners.into_iter().enumerate() {
+        let placement = match cpus.get(id % cpus.len().max(1)) {
+            Some(core) => Placement::Fixed(core.id),
+            None => Placement::Unbound,
+        };
+        let (shared, mesh) = (shared.clone(), mesh.clone());
+        let handle = LocalExecutorBuilder::new(placement)
+            .name(&format!("shard-{id}"))
+            .io_memory(IO_MEMORY)
+            .ring_depth(RING_DEPTH)
+            .spawn(move || run_shard(id, shards, shared, fds, mesh))
+            .map_err(|e| std::io::Error::other(format!("cannot start shard {id}: {e}")))?;
+        handles.push(handle);
+    }
+    let waiter = shared.clone();
+    std::thread::Builder::new()
+        .name("signals".into())
+        .spawn(move || {
+            let signal = wait_for(signals);
+            info!("received {signal}: no new clients; waiting for running transactions to finish");
+            waiter.shutdown.store(true, Ordering::Relaxed);
+        })?;
+    for handle in handles {
+        if handle.join().is_err() {
+            error!("a shard ended abnormally");
+        }
+    }
+    info!("pgherd stopped");
+    Ok(())
+}
+
+async fn run_shard(
+    id: usize,
+    shards: usize,
+    shared: Arc<Shared>,
+    listeners: Vec<OwnedFd>,
+    mesh: Option<MeshBuilder<Msg, glommio::channels::channel_mesh::Full>>,
+) {
+    let (peers, receivers) = match mesh {
+        Some(mesh) => {
+            let (senders, mut receivers) = mesh.join().await.expect("every shard joins the mesh");
+            (Some(Rc::new(senders)), receivers.streams())
+        }
+        None => (None, Vec::new()),
+    };
+    let shard = Rc::new(Shard {
+        id,
+        shards,
+        shared,
+        buffers: BufferPool::default(),
+        clients: Registry::default(),
+        pools: RefCell::new(HashMap::new()),
+        next_waiter: Cell::new(0),
+        peers,
+    });
+    for (from, rx) in receivers {
+        glommio::spawn_local(exchange::receive(shard.clone(), from, rx)).detach();
+    }
+    let accepting: Vec<_> = listeners
+        .into_iter()
+        .map(|fd| {
+            // SAFETY: a listening socket we own, handed over to glommio.
+            let listener = unsafe { TcpListener::from_raw_fd(fd.into_raw_fd()) };
+            glommio::spawn_local(accept(shard.clone(), listener))
+        })
+        .collect();
+
+    let mut ticks = 0u32;
+    while !shard.shutting_down() {
+        glommio::timer::sleep(TICK).await;
+        ticks = ticks.wrapping_add(1);
+        if ticks.is_multiple_of(UPKEEP_EVERY) {
+            shard.look_after_pools();
+        }
+    }
+    // Dropping the accept tasks closes the listeners.
+    drop(accepting);
+    let deadline = Instant::now() + shard.config().shutdown_timeout;
+    while !shard.clients.is_empty() && Instant::now() < deadline {
+        shard.clients.wake_idle_for_shutdown();
+        glommio::timer::sleep(Duration::from_millis(20)).await;
+    }
+    if !shard.clients.is_empty() {
+        warn!(
+            "shutdown_timeout reached with {} client(s) still connected; closing them",
+            shard.clients.len()
+        );
+    }
+    shard.close_idle_servers();
+}
+
+async fn accept(shard: Rc<Shard>, listener: TcpListener) {
+    loop {
+        match listener.accept().await {
+            Ok(stream) => {
+                crate::net::listener::tune_client(&stream);
+                let Ok(peer) = stream.peer_addr() else {
+                    continue;
+                };
+                glommio::spawn_local(crate::session::serve(shard.clone(), stream, peer)).detach();
+            }
+            Err(e) => {
+                // Out of file descriptors or memory: pause rather than spin, and let clients leave.
+                warn!("accept failed: {e}; pausing accepts for 100 ms");
+                glommio::timer::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+}
+
+impl Shard {
+    /// Sends a CancelRequest to the shard that owns the client it names.
+    pub fn route_cancel(&self, pid: u32, secret: u32) {
+        match shard_of(pid) {
+            owner if owner == self.id => self.cancel_client(pid, secret),
+            owner if owner < self.shards => self.send_to_peer(owner, Msg::Cancel { pid, secret }),
+            _ => {}
+        }
+    }
+
+    pub(super) fn cancel_client(&self, pid: u32, secret: u32) {
+        if let Some(key) = self.clients.target(pid, secret) {
+            glommio::spawn_local(crate::server::cancel(
+                key,
+                self.config().server_connect_timeout,
+            ))
+            .detach();
+        }
+    }
+}
+
+/// Blocks SIGINT and SIGTERM in this thread and every thread started after, so only `wait_for` sees them.
+fn block_signals() -> libc::sigset_t {
+    // SAFETY: plain signal-mask calls on a local, initialised set.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGINT);
+        libc::sigaddset(&mut set, libc::SIGTERM);
+        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+        set
+    }
+}
+
+fn wait_for(set: libc::sigset_t) -> &'static str {
+    let mut signal = 0;
+    // SAFETY: `set` holds blocked signals; sigwait writes the one received.
+    unsafe { libc::sigwait(&set, &mut signal) };
+    if signal == libc::SIGINT {
+        "SIGINT"
+    } else {
+        "SIGTERM"
+    }
+}
+
+/// Checks a configuration without starting anything.
+pub fn check(config: &Config) {
+    info!(
+        "configuration is valid: {} database(s), {} user(s), listen {:?}",
+        config.databases.len(),
+        config.users.len(),
+        config.listen
+    );
+}

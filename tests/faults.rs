@@ -1,0 +1,395 @@
+//! Faults: cancels, clients killed mid-transaction, dead and restarted servers, hostile startups, limits,
+//! shutdown. Every wait is a poll with a deadline.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{connect, fixture, psql, try_connect, wait_until, Fixture};
+use tokio_postgres::types::Type;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancel_hits_the_right_query_and_only_it() {
+    let Fixture { pg, herd } = fixture("transaction", 3, "workers = 2");
+    let a = connect(herd.port, "app", "secret", "app").await;
+    let b = connect(herd.port, "app", "secret", "app").await;
+    let cancel_a = a.cancel_token();
+    let slow = tokio::spawn(async move { a.batch_execute("SELECT pg_sleep(30)").await });
+    let other = tokio::spawn(async move {
+        b.query_typed_one("SELECT 1 FROM pg_sleep(3)", &[])
+            .await
+            .map(|_| ())
+    });
+    wait_until(Duration::from_secs(10), "both queries run", || {
+        pg.sql("SELECT count(*) FROM pg_stat_activity WHERE query LIKE '%pg_sleep(%' AND state = 'active' AND usename = 'app'") == "2"
+    });
+    let started = Instant::now();
+    cancel_a.cancel_query(tokio_postgres::NoTls).await.unwrap();
+    let err = tokio::time::timeout(Duration::from_secs(5), slow)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap_err();
+    assert_eq!(err.code().unwrap().code(), "57014");
+    assert!(started.elapsed() < Duration::from_secs(5));
+    tokio::time::timeout(Duration::from_secs(10), other)
+        .await
+        .unwrap()
+        .unwrap()
+        .expect("b was not cancelled");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stale_cancel_key_does_not_touch_the_next_user_of_its_server() {
+    // One server: c uses it, then d does; c's key must not cancel d's query.
+    let Fixture { pg, herd } = fixture("transaction", 1, "workers = 1");
+    let c = connect(herd.port, "app", "secret", "app").await;
+    let d = connect(herd.port, "app", "secret", "app").await;
+    let pid_c: i32 = c
+        .query_typed_one("SELECT pg_backend_pid()", &[])
+        .await
+        .unwrap()
+        .get(0);
+    let stale = c.cancel_token();
+    let running = tokio::spawn(async move {
+        let pid: i32 = d
+            .query_typed_one("SELECT pg_backend_pid()", &[])
+            .await
+            .unwrap()
+            .get(0);
+        d.query_typed_one("SELECT 1 FROM pg_sleep(1.5)", &[])
+            .await
+            .map(|_| pid)
+    });
+    wait_until(Duration::from_secs(10), "d's query runs", || {
+        pg.sql("SELECT count(*) FROM pg_stat_activity WHERE query LIKE '%pg_sleep(1.5)%' AND state = 'active'") == "1"
+    });
+    stale.cancel_query(tokio_postgres::NoTls).await.unwrap();
+    let pid_d = tokio::time::timeout(Duration::from_secs(10), running)
+        .await
+        .unwrap()
+        .unwrap()
+        .expect("d was cancelled");
+    assert_eq!(
+        pid_c, pid_d,
+        "the test needs both clients on the same backend"
+    );
+}
+
+/// A psql process whose stdin we write, so it can be killed at a chosen point.
+fn psql_session(port: u16) -> std::process::Child {
+    Command::new(common::bin("psql"))
+        .args([
+            "-X",
+            "-q",
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &port.to_string(),
+            "-U",
+            "app",
+            "app",
+        ])
+        .env("PGPASSWORD", "secret")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap()
+}
+
+#[test]
+fn a_client_killed_inside_a_transaction_frees_its_lock_and_loses_its_insert() {
+    let Fixture { pg, herd } = fixture("transaction", 2, "workers = 2");
+    pg.sql(
+        "CREATE TABLE locked (id int primary key); INSERT INTO locked VALUES (1);
+            CREATE TABLE written (v int); GRANT ALL ON locked, written TO app",
+    );
+    let mut victim = psql_session(herd.port);
+    victim
+        .stdin
+        .as_mut()
+        .unwrap()
+        .write_all(b"BEGIN;\nINSERT INTO written VALUES (42);\nSELECT * FROM locked WHERE id = 1 FOR UPDATE;\n")
+        .unwrap();
+    wait_until(
+        Duration::from_secs(10),
+        "the victim holds the row lock",
+        || {
+            pg.sql("SELECT count(*) FROM pg_locks l JOIN pg_class c ON c.oid = l.relation WHERE c.relname = 'locked' AND l.mode = 'RowShareLock'") == "1"
+        },
+    );
+    victim.kill().unwrap();
+    victim.wait().unwrap();
+    let killed = Instant::now();
+    // Another client through pgherd gets the lock at once, and the insert never appears.
+    wait_until(Duration::from_secs(1), "the row lock is free", || {
+        let out = psql(
+            herd.port,
+            "app",
+            "secret",
+            "app",
+            &["-c", "SELECT id FROM locked WHERE id = 1 FOR UPDATE NOWAIT"],
+        );
+        out.status.success()
+    });
+    assert!(killed.elapsed() < Duration::from_secs(1));
+    assert_eq!(pg.sql("SELECT count(*) FROM written"), "0");
+}
+
+#[test]
+fn a_client_killed_during_a_query_stops_the_query() {
+    let Fixture { pg, herd } = fixture("transaction", 2, "workers = 2");
+    let mut victim = psql_session(herd.port);
+    victim
+        .stdin
+        .as_mut()
+        .unwrap()
+        .write_all(b"SELECT pg_sleep(60);\n")
+        .unwrap();
+    let running = "SELECT count(*) FROM pg_stat_activity WHERE query LIKE 'SELECT pg_sleep(60)%' AND state = 'active'";
+    wait_until(Duration::from_secs(10), "the query runs", || {
+        pg.sql(running) == "1"
+    });
+    victim.kill().unwrap();
+    victim.wait().unwrap();
+    wait_until(
+        Duration::from_secs(3),
+        "the backend stops running the query",
+        || pg.sql(running) == "0",
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn terminated_idle_servers_are_not_handed_out() {
+    let Fixture { pg, herd } = fixture("transaction", 3, "workers = 2");
+    for _ in 0..3 {
+        let c = connect(herd.port, "app", "secret", "app").await;
+        c.batch_execute("SELECT 1").await.unwrap();
+    }
+    pg.sql("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = 'app'");
+    wait_until(Duration::from_secs(5), "backends are gone", || {
+        pg.backend_count("app") == 0
+    });
+    for i in 0..10 {
+        let c = connect(herd.port, "app", "secret", "app").await;
+        let v: i32 = c
+            .query_typed_one("SELECT $1::int", &[(&i, Type::INT4)])
+            .await
+            .expect("a fresh client failed")
+            .get(0);
+        assert_eq!(v, i);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_postgres_restart_does_not_fail_the_next_clients() {
+    let Fixture { mut pg, herd } = fixture("transaction", 3, "workers = 2");
+    let held = connect(herd.port, "app", "secret", "app").await;
+    held.batch_execute("SELECT 1").await.unwrap();
+    pg.stop();
+    // A client that asks while PostgreSQL is down waits for it rather than failing.
+    let port = herd.port;
+    let waiting = tokio::spawn(async move {
+        let c = connect(port, "app", "secret", "app").await;
+        c.query_typed_one("SELECT 5", &[])
+            .await
+            .map(|r| r.get::<_, i32>(0))
+    });
+    herd.wait_for_log("for app@app:", Duration::from_secs(10));
+    pg.start_again();
+    assert_eq!(
+        tokio::time::timeout(Duration::from_secs(20), waiting)
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap(),
+        5
+    );
+    // The already-connected client's next transaction works too.
+    assert_eq!(
+        held.query_typed_one("SELECT 6", &[])
+            .await
+            .unwrap()
+            .get::<_, i32>(0),
+        6
+    );
+    for _ in 0..5 {
+        let c = connect(herd.port, "app", "secret", "app").await;
+        c.batch_execute("SELECT 1").await.unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn login_errors_carry_postgres_sqlstates() {
+    let Fixture { pg: _pg, herd } = fixture("transaction", 2, "workers = 2");
+    let code = |r: Result<tokio_postgres::Client, tokio_postgres::Error>| {
+        r.expect_err("login should fail")
+            .code()
+            .map(|c| c.code().to_owned())
+    };
+    let started = Instant::now();
+    assert_eq!(
+        code(try_connect(herd.port, "app", "wrong", "app").await).as_deref(),
+        Some("28P01")
+    );
+    assert_eq!(
+        code(try_connect(herd.port, "legacy", "wrong", "app").await).as_deref(),
+        Some("28P01")
+    );
+    assert_eq!(
+        code(try_connect(herd.port, "nobody", "secret", "app").await).as_deref(),
+        Some("28P01")
+    );
+    assert_eq!(
+        code(try_connect(herd.port, "app", "secret", "nodb").await).as_deref(),
+        Some("3D000")
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "errors must come at once"
+    );
+    // md5 with the right password works.
+    let c = connect(herd.port, "legacy", "secret", "app").await;
+    c.batch_execute("SELECT 1").await.unwrap();
+}
+
+#[test]
+fn max_client_conn_answers_53300() {
+    let Fixture { pg: _pg, herd } = fixture("transaction", 2, "workers = 1\nmax_client_conn = 2");
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let _a = connect(herd.port, "app", "secret", "app").await;
+        let _b = connect(herd.port, "app", "secret", "app").await;
+        let err = try_connect(herd.port, "app", "secret", "app")
+            .await
+            .expect_err("third client admitted");
+        assert_eq!(err.code().map(|c| c.code()), Some("53300"));
+    });
+}
+
+/// Reads until the peer closes; returns what it sent. Fails the test if it stays open past `limit`.
+fn read_to_close(stream: &mut TcpStream, limit: Duration) -> Vec<u8> {
+    stream.set_read_timeout(Some(limit)).unwrap();
+    let mut got = Vec::new();
+    stream
+        .read_to_end(&mut got)
+        .expect("pgherd kept the connection open");
+    got
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_startups_are_closed_while_others_keep_working() {
+    let Fixture { pg: _pg, herd } =
+        fixture("transaction", 2, "workers = 2\nclient_login_timeout = 1");
+    let good = connect(herd.port, "app", "secret", "app").await;
+    let addr = ("127.0.0.1", herd.port);
+
+    let mut garbage = TcpStream::connect(addr).unwrap();
+    garbage
+        .write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    let mut oversized = TcpStream::connect(addr).unwrap();
+    oversized.write_all(&1_000_000u32.to_be_bytes()).unwrap();
+    let mut stalled = TcpStream::connect(addr).unwrap();
+    stalled.write_all(&[0, 0, 0, 40, 0, 3, 0, 0, b'u']).unwrap();
+    let silent = TcpStream::connect(addr).unwrap();
+
+    // Meanwhile the good client is served without delay.
+    for i in 0..20 {
+        let t = Instant::now();
+        let v: i32 = good
+            .query_typed_one("SELECT $1::int", &[(&i, Type::INT4)])
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(v, i);
+        assert!(t.elapsed() < Duration::from_millis(500));
+    }
+    let reply = read_to_close(&mut garbage, Duration::from_secs(3));
+    assert!(
+        reply.starts_with(b"E"),
+        "garbage gets an ErrorResponse: {reply:?}"
+    );
+    assert!(String::from_utf8_lossy(&reply).contains("08P01"));
+    let reply = read_to_close(&mut oversized, Duration::from_secs(3));
+    assert!(String::from_utf8_lossy(&reply).contains("08P01"));
+    // The stalled and silent ones are closed by client_login_timeout.
+    read_to_close(&mut stalled, Duration::from_secs(4));
+    let mut silent = silent;
+    read_to_close(&mut silent, Duration::from_secs(4));
+    assert_eq!(
+        good.query_typed_one("SELECT 1", &[])
+            .await
+            .unwrap()
+            .get::<_, i32>(0),
+        1
+    );
+}
+
+/// A StartupMessage body: protocol version then key/value pairs.
+fn startup(version: u32, params: &[(&str, &str)]) -> Vec<u8> {
+    let mut body = version.to_be_bytes().to_vec();
+    for (k, v) in params {
+        body.extend_from_slice(k.as_bytes());
+        body.push(0);
+        body.extend_from_slice(v.as_bytes());
+        body.push(0);
+    }
+    body.push(0);
+    let mut packet = ((body.len() + 4) as u32).to_be_bytes().to_vec();
+    packet.extend(body);
+    packet
+}
+
+#[test]
+fn ssl_request_is_refused_and_a_newer_protocol_is_negotiated_down() {
+    let Fixture { pg: _pg, herd } = fixture("transaction", 2, "workers = 1\nauth_type = \"trust\"");
+    let mut s = TcpStream::connect(("127.0.0.1", herd.port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    s.write_all(&[0, 0, 0, 8, 4, 210, 22, 47]).unwrap();
+    let mut answer = [0u8; 1];
+    s.read_exact(&mut answer).unwrap();
+    assert_eq!(&answer, b"N");
+    s.write_all(&startup(
+        3 << 16 | 2,
+        &[("user", "app"), ("database", "app"), ("_pq_.magic", "1")],
+    ))
+    .unwrap();
+    let mut header = [0u8; 5];
+    s.read_exact(&mut header).unwrap();
+    assert_eq!(header[0], b'v', "NegotiateProtocolVersion first");
+    let mut body = vec![0u8; u32::from_be_bytes(header[1..5].try_into().unwrap()) as usize - 4];
+    s.read_exact(&mut body).unwrap();
+    assert_eq!(
+        &body[..8],
+        &[0, 0, 0, 0, 0, 0, 0, 1],
+        "minor 0, one unknown option"
+    );
+    assert_eq!(&body[8..], b"_pq_.magic\0");
+    s.read_exact(&mut header).unwrap();
+    assert_eq!(header[0], b'R', "then authentication goes on at 3.0");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_lets_a_running_transaction_finish() {
+    let Fixture { pg: _pg, mut herd } = fixture("transaction", 2, "workers = 2");
+    let c = connect(herd.port, "app", "secret", "app").await;
+    c.batch_execute("BEGIN").await.unwrap();
+    let idle = connect(herd.port, "app", "secret", "app").await;
+    herd.signal(libc::SIGTERM);
+    // New clients are refused once the listeners close.
+    let port = herd.port;
+    wait_until(Duration::from_secs(5), "the listener closes", || {
+        TcpStream::connect(("127.0.0.1", port)).is_err()
+    });
+    // The open transaction still finishes.
+    let v: i32 = c.query_typed_one("SELECT 3", &[]).await.unwrap().get(0);
+    assert_eq!(v, 3);
+    c.batch_execute("COMMIT").await.unwrap();
+    assert_eq!(herd.wait_exit(Duration::from_secs(10)), Some(0));
+    assert!(idle.is_closed() || idle.batch_execute("SELECT 1").await.is_err());
+}

@@ -1,0 +1,265 @@
+//! Pooling end to end: real PostgreSQL, pgherd, tokio-postgres, psql and pgbench.
+
+mod common;
+
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::{connect, fixture, pgbench, psql, Fixture};
+use tokio_postgres::types::Type;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn five_hundred_clients_share_five_servers() {
+    let Fixture { pg, herd } = fixture("transaction", 5, "workers = 2");
+    pg.sql("CREATE TABLE counter (n int); INSERT INTO counter VALUES (0)");
+    pg.sql("GRANT ALL ON counter TO app");
+
+    // Sample pg_stat_activity while the clients run: never more than the pool.
+    let stop = Arc::new(AtomicBool::new(false));
+    let most = Arc::new(AtomicUsize::new(0));
+    let sampler = {
+        let (stop, most, pg) = (stop.clone(), most.clone(), pg.handle());
+        std::thread::spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                most.fetch_max(pg.backend_count("app"), Ordering::Relaxed);
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        })
+    };
+    let mut tasks = Vec::new();
+    for i in 0..500 {
+        let port = herd.port;
+        tasks.push(tokio::spawn(async move {
+            let client = connect(port, "app", "secret", "app").await;
+            for _ in 0..3 {
+                let row = client
+                    .query_typed_one("SELECT $1::int + 1", &[(&i, Type::INT4)])
+                    .await
+                    .unwrap();
+                assert_eq!(row.get::<_, i32>(0), i + 1);
+                client
+                    .batch_execute("BEGIN; UPDATE counter SET n = n + 1; COMMIT")
+                    .await
+                    .unwrap();
+            }
+        }));
+    }
+    for task in tasks {
+        task.await.unwrap();
+    }
+    stop.store(true, Ordering::Relaxed);
+    sampler.join().unwrap();
+    assert_eq!(pg.sql("SELECT n FROM counter"), "1500");
+    let most = most.load(Ordering::Relaxed);
+    assert!(most <= 5, "saw {most} backends for a pool of 5");
+    assert!(most >= 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transaction_mode_lends_a_server_per_transaction() {
+    let Fixture { pg: _pg, herd } = fixture("transaction", 1, "workers = 2");
+    let a = connect(herd.port, "app", "secret", "app").await;
+    let b = connect(herd.port, "app", "secret", "app").await;
+    // Pool of one: both clients run on the same backend, one transaction at a time.
+    let pid_a: i32 = a
+        .query_typed_one("SELECT pg_backend_pid()", &[])
+        .await
+        .unwrap()
+        .get(0);
+    let pid_b: i32 = b
+        .query_typed_one("SELECT pg_backend_pid()", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(pid_a, pid_b);
+    // While a holds a transaction open, b waits; when a commits, b goes on.
+    a.batch_execute("BEGIN").await.unwrap();
+    let waiting = tokio::spawn(async move {
+        b.query_typed_one("SELECT 42", &[])
+            .await
+            .unwrap()
+            .get::<_, i32>(0)
+    });
+    // Not a wait for an event but a window in which something must not happen.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!waiting.is_finished(), "b ran while a held the only server");
+    a.batch_execute("COMMIT").await.unwrap();
+    let got = tokio::time::timeout(Duration::from_secs(5), waiting)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(got, 42);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn session_mode_keeps_the_server_and_resets_it() {
+    let Fixture { pg: _pg, herd } = fixture("session", 1, "workers = 1");
+    let a = connect(herd.port, "app", "secret", "app").await;
+    a.batch_execute("CREATE TEMP TABLE mine (x int); SET application_name = 'a-session'")
+        .await
+        .unwrap();
+    a.batch_execute("INSERT INTO mine VALUES (1)")
+        .await
+        .unwrap();
+    let name: String = a
+        .query_typed_one("SHOW application_name", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(name, "a-session");
+    let pid_a: i32 = a
+        .query_typed_one("SELECT pg_backend_pid()", &[])
+        .await
+        .unwrap()
+        .get(0);
+    drop(a);
+    // The next client gets the same backend, reset by DISCARD ALL.
+    let b = connect(herd.port, "app", "secret", "app").await;
+    let pid_b: i32 = b
+        .query_typed_one("SELECT pg_backend_pid()", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(pid_a, pid_b);
+    let err = b.batch_execute("SELECT * FROM mine").await.unwrap_err();
+    assert_eq!(err.code().unwrap().code(), "42P01");
+    let name: String = b
+        .query_typed_one("SHOW application_name", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_ne!(name, "a-session");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn statement_mode_refuses_transaction_blocks() {
+    let Fixture { pg: _pg, herd } = fixture("statement", 2, "workers = 1");
+    let c = connect(herd.port, "app", "secret", "app").await;
+    assert_eq!(
+        c.query_typed_one("SELECT 7", &[])
+            .await
+            .unwrap()
+            .get::<_, i32>(0),
+        7
+    );
+    let err = c.batch_execute("BEGIN").await.unwrap_err();
+    let db = err.as_db_error().expect("an ErrorResponse");
+    assert_eq!(db.code().code(), "0A000");
+    assert!(db.message().contains("statement pooling"), "{db:?}");
+    // The server went back clean: another client gets an idle server.
+    let d = connect(herd.port, "app", "secret", "app").await;
+    let state: String = d.query_typed_one("SELECT 'ok'", &[]).await.unwrap().get(0);
+    assert_eq!(state, "ok");
+}
+
+#[test]
+fn pgbench_simple_and_extended_have_no_failures() {
+    let Fixture { pg, herd } = fixture("transaction", 5, "workers = 2");
+    pg.pgbench_init("app", 1);
+    for mode in ["simple", "extended"] {
+        let out = pgbench(
+            herd.port,
+            "app",
+            "secret",
+            "app",
+            &["-S", "-c", "20", "-j", "2", "-T", "3", "-M", mode],
+        );
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "pgbench -M {mode}: {text}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            text.contains("number of failed transactions: 0 "),
+            "pgbench -M {mode}: {text}"
+        );
+        let out = pgbench(
+            herd.port,
+            "app",
+            "secret",
+            "app",
+            &["-c", "8", "-j", "2", "-t", "100", "-M", mode],
+        );
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "pgbench tpcb -M {mode}: {text}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            text.contains("number of failed transactions: 0 "),
+            "pgbench tpcb -M {mode}: {text}"
+        );
+    }
+}
+
+#[test]
+fn copy_in_and_out_is_byte_identical() {
+    let Fixture { pg, herd } = fixture("transaction", 2, "workers = 2");
+    pg.sql("CREATE TABLE items (id int, payload text); GRANT ALL ON items TO app");
+    let dir = tempdir();
+    let input = dir.join("in.tsv");
+    let output = dir.join("out.tsv");
+    let mut rows = String::new();
+    for i in 0..50_000 {
+        rows.push_str(&format!(
+            "{i}\tline {i} with tab\\tand backslash\\\\ and unicode é\n"
+        ));
+    }
+    std::fs::write(&input, &rows).unwrap();
+    let run = |sql: String| {
+        let out = psql(herd.port, "app", "secret", "app", &["-c", &sql]);
+        assert!(
+            out.status.success(),
+            "{sql}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    run(format!("\\copy items from '{}'", input.display()));
+    run(format!(
+        "\\copy (SELECT * FROM items ORDER BY id) to '{}'",
+        output.display()
+    ));
+    assert_eq!(
+        std::fs::read(&input).unwrap(),
+        std::fs::read(&output).unwrap()
+    );
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_32_megabyte_value_passes_both_ways() {
+    let Fixture { pg, herd } = fixture("transaction", 2, "workers = 2");
+    pg.sql("CREATE TABLE blobs (id int, body text); GRANT ALL ON blobs TO app");
+    let c = connect(herd.port, "app", "secret", "app").await;
+    let body: String = (0..32 * 1024 * 1024)
+        .map(|i| (b'a' + (i % 26) as u8) as char)
+        .collect();
+    c.execute_typed("INSERT INTO blobs VALUES (1, $1)", &[(&body, Type::TEXT)])
+        .await
+        .unwrap();
+    let back: String = c
+        .query_typed_one("SELECT body FROM blobs WHERE id = 1", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert!(back == body, "the value came back changed");
+    let len: i32 = c
+        .query_typed_one("SELECT length(body) FROM blobs", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(len, 32 * 1024 * 1024);
+}
+
+fn tempdir() -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!(
+        "pgherd-test-{}-{}",
+        std::process::id(),
+        common::unique()
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
