@@ -47,33 +47,32 @@ pub enum Freed<W> {
 pub enum Answer<S> {
     GiveServer(S),
     GiveBudget,
-    /// Nothing now; the asker is noted and will be served first.
+    /// Nothing now; the asker is noted and served in turn.
     Noted,
 }
 
+/// One pool's slice on one shard. `W` names a waiting client, `T` orders waits (a monotonic time).
 #[derive(Debug)]
-pub struct PoolShard<S, W> {
+pub struct PoolShard<S, W, T> {
     idle: Vec<S>,
     budget: u32,
     /// Servers this shard owns: idle, leased or being connected.
     open: u32,
-    waiters: VecDeque<W>,
-    /// Peers that asked and were noted, oldest first.
-    wanted_by: VecDeque<usize>,
+    waiters: VecDeque<(W, T)>,
+    /// Peers that asked and were noted, with when their oldest client started waiting.
+    wanted_by: VecDeque<(usize, T)>,
     /// Peers we asked and have not heard a give from: asking them again would only duplicate the note.
     asked: Vec<bool>,
     me: usize,
 }
 
-impl<S, W: PartialEq> PoolShard<S, W> {
+impl<S, W: PartialEq, T: Ord + Copy> PoolShard<S, W, T> {
     /// This shard's slice of a pool of `pool_size` over `shards` shards: an even split, the remainder to the
     /// lowest shards, so every shard computes the same split without talking.
     pub fn new(pool_size: u32, shards: usize, me: usize) -> Self {
-        let n = shards as u32;
-        let budget = pool_size / n + u32::from((me as u32) < pool_size % n);
         PoolShard {
             idle: Vec::new(),
-            budget,
+            budget: share(pool_size, shards, me),
             open: 0,
             waiters: VecDeque::new(),
             wanted_by: VecDeque::new(),
@@ -94,8 +93,13 @@ impl<S, W: PartialEq> PoolShard<S, W> {
         self.waiters.len()
     }
 
+    /// When this shard's longest-waiting client started waiting, to put in asks.
+    pub fn oldest_wait(&self) -> Option<T> {
+        self.waiters.front().map(|&(_, since)| since)
+    }
+
     /// A client wants a server. Idle servers go last-in first-out: the most recently used one is the warmest.
-    pub fn checkout(&mut self, waiter: W) -> Checkout<S> {
+    pub fn checkout(&mut self, waiter: W, now: T) -> Checkout<S> {
         if let Some(server) = self.idle.pop() {
             return Checkout::Ready(server);
         }
@@ -104,7 +108,7 @@ impl<S, W: PartialEq> PoolShard<S, W> {
             self.open += 1;
             return Checkout::Connect;
         }
-        self.waiters.push_back(waiter);
+        self.waiters.push_back((waiter, now));
         Checkout::Wait {
             ask: self.peers_to_ask(),
         }
@@ -122,22 +126,55 @@ impl<S, W: PartialEq> PoolShard<S, W> {
         ask
     }
 
-    /// A waiter gave up (timeout, disconnect). Asks already sent stay: a server they bring waits idle here.
-    pub fn cancel_wait(&mut self, waiter: &W) {
-        self.waiters.retain(|w| w != waiter);
+    /// Once no client waits here, the peers still holding a note for us: tell them to drop it, so they do not
+    /// send a server nobody here needs.
+    fn peers_to_withdraw(&mut self) -> Vec<usize> {
+        if !self.waiters.is_empty() {
+            return Vec::new();
+        }
+        let mut withdraw = Vec::new();
+        for (peer, asked) in self.asked.iter_mut().enumerate() {
+            if std::mem::take(asked) {
+                withdraw.push(peer);
+            }
+        }
+        withdraw
     }
 
-    /// A client is done with a healthy server.
-    pub fn release(&mut self, server: S) -> Handoff<S, W> {
-        if let Some(waiter) = self.waiters.pop_front() {
-            return Handoff::ToWaiter(waiter, server);
-        }
-        if let Some(peer) = self.wanted_by.pop_front() {
-            self.open -= 1;
-            return Handoff::ToPeer(peer, server);
-        }
-        self.idle.push(server);
-        Handoff::Idle
+    /// A waiter gave up (timeout, disconnect). Returns the peers to withdraw asks from.
+    pub fn cancel_wait(&mut self, waiter: &W) -> Vec<usize> {
+        self.waiters.retain(|(w, _)| w != waiter);
+        self.peers_to_withdraw()
+    }
+
+    /// A client is done with a healthy server. It goes to whoever has waited longest, here or on a peer.
+    /// Also returns the peers to withdraw asks from, if that served the last waiter here.
+    pub fn release(&mut self, server: S) -> (Handoff<S, W>, Vec<usize>) {
+        let local = self.oldest_wait();
+        let remote = self.wanted_by.front().map(|&(_, since)| since);
+        let handoff = match (local, remote) {
+            (Some(l), Some(r)) if r < l => self.server_to_peer(server),
+            (Some(_), _) => {
+                let (waiter, _) = self.waiters.pop_front().expect("checked above");
+                Handoff::ToWaiter(waiter, server)
+            }
+            (None, Some(_)) => self.server_to_peer(server),
+            (None, None) => {
+                self.idle.push(server);
+                Handoff::Idle
+            }
+        };
+        let withdraw = match handoff {
+            Handoff::ToWaiter(..) => self.peers_to_withdraw(),
+            _ => Vec::new(),
+        };
+        (handoff, withdraw)
+    }
+
+    fn server_to_peer(&mut self, server: S) -> Handoff<S, W> {
+        let (peer, _) = self.wanted_by.pop_front().expect("checked by the caller");
+        self.open -= 1;
+        Handoff::ToPeer(peer, server)
     }
 
     /// A server owned here is gone (closed, broken, or never connected): its budget is free again.
@@ -148,20 +185,29 @@ impl<S, W: PartialEq> PoolShard<S, W> {
     }
 
     fn place_budget(&mut self) -> Freed<W> {
-        if let Some(waiter) = self.waiters.pop_front() {
-            self.budget -= 1;
-            self.open += 1;
-            return Freed::Connect(waiter);
+        let local = self.oldest_wait();
+        let remote = self.wanted_by.front().map(|&(_, since)| since);
+        match (local, remote) {
+            (Some(l), Some(r)) if r < l => self.budget_to_peer(),
+            (Some(_), _) => {
+                let (waiter, _) = self.waiters.pop_front().expect("checked above");
+                self.budget -= 1;
+                self.open += 1;
+                Freed::Connect(waiter)
+            }
+            (None, Some(_)) => self.budget_to_peer(),
+            (None, None) => Freed::Kept,
         }
-        if let Some(peer) = self.wanted_by.pop_front() {
-            self.budget -= 1;
-            return Freed::ToPeer(peer);
-        }
-        Freed::Kept
     }
 
-    /// `peer` has a waiting client and asks for a server.
-    pub fn asked_by(&mut self, peer: usize) -> Answer<S> {
+    fn budget_to_peer(&mut self) -> Freed<W> {
+        let (peer, _) = self.wanted_by.pop_front().expect("checked by the caller");
+        self.budget -= 1;
+        Freed::ToPeer(peer)
+    }
+
+    /// `peer` has had a client waiting since `since` and asks for a server.
+    pub fn asked_by(&mut self, peer: usize, since: T) -> Answer<S> {
         if let Some(server) = self.idle.pop() {
             self.open -= 1;
             return Answer::GiveServer(server);
@@ -170,26 +216,44 @@ impl<S, W: PartialEq> PoolShard<S, W> {
             self.budget -= 1;
             return Answer::GiveBudget;
         }
-        if !self.wanted_by.contains(&peer) {
-            self.wanted_by.push_back(peer);
+        match self.wanted_by.iter_mut().find(|(p, _)| *p == peer) {
+            Some((_, noted)) => *noted = (*noted).min(since),
+            None => {
+                let at = self.wanted_by.partition_point(|&(_, t)| t <= since);
+                self.wanted_by.insert(at, (peer, since));
+            }
         }
         Answer::Noted
     }
 
-    /// A server arrived from `peer`. Returns where it goes, and the peers to ask again if clients still wait.
-    pub fn server_from(&mut self, peer: usize, server: S) -> (Handoff<S, W>, Vec<usize>) {
+    /// `peer` no longer has clients waiting.
+    pub fn withdrawn_by(&mut self, peer: usize) {
+        self.wanted_by.retain(|&(p, _)| p != peer);
+    }
+
+    /// A server arrived from `peer`. Returns where it goes, and the peers to ask again (clients still wait)
+    /// or to withdraw from (none waits any more).
+    pub fn server_from(
+        &mut self,
+        peer: usize,
+        server: S,
+    ) -> (Handoff<S, W>, Vec<usize>, Vec<usize>) {
         self.asked[peer] = false;
         self.open += 1;
-        let handoff = self.release(server);
-        (handoff, self.ask_again())
+        let (handoff, withdraw) = self.release(server);
+        (handoff, self.ask_again(), withdraw)
     }
 
     /// Budget arrived from `peer`.
-    pub fn budget_from(&mut self, peer: usize) -> (Freed<W>, Vec<usize>) {
+    pub fn budget_from(&mut self, peer: usize) -> (Freed<W>, Vec<usize>, Vec<usize>) {
         self.asked[peer] = false;
         self.budget += 1;
         let freed = self.place_budget();
-        (freed, self.ask_again())
+        let withdraw = match freed {
+            Freed::Connect(_) => self.peers_to_withdraw(),
+            _ => Vec::new(),
+        };
+        (freed, self.ask_again(), withdraw)
     }
 
     fn ask_again(&mut self) -> Vec<usize> {
@@ -215,12 +279,12 @@ impl<S, W: PartialEq> PoolShard<S, W> {
         out
     }
 
-    /// Takes the next idle server, for a health check before use.
+    /// Takes the next idle server (to close it at shutdown).
     pub fn take_idle(&mut self) -> Option<S> {
         self.idle.pop()
     }
 
-    /// Budget the shard may still spend on warm-up connections to reach `min` open servers.
+    /// Spends one unit of budget on a warm-up connection if fewer than `min` servers are open.
     pub fn warm_up(&mut self, min: u32) -> bool {
         if self.open < min && self.budget > 0 && self.waiters.is_empty() {
             self.budget -= 1;
@@ -232,11 +296,18 @@ impl<S, W: PartialEq> PoolShard<S, W> {
     }
 }
 
+/// Shard `me`'s part of a per-pool number split over `shards` shards.
+pub fn share(n: u32, shards: usize, me: usize) -> u32 {
+    let shards = shards as u32;
+    n / shards + u32::from((me as u32) < n % shards)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    type Shard = PoolShard<u32, u32>;
+    /// Servers and waiters are numbers; times are ticks.
+    type Shard = PoolShard<u32, u32, u64>;
 
     /// Servers and budget on all shards and in flight add up to the pool size.
     fn units(shards: &[Shard], in_flight: u32) -> u32 {
@@ -256,31 +327,31 @@ mod tests {
     #[test]
     fn waiters_are_served_first_in_first_out() {
         let mut s = Shard::new(1, 1, 0);
-        assert_eq!(s.checkout(1), Checkout::Connect);
-        assert_eq!(s.checkout(2), Checkout::Wait { ask: vec![] });
-        assert_eq!(s.checkout(3), Checkout::Wait { ask: vec![] });
-        assert_eq!(s.release(100), Handoff::ToWaiter(2, 100));
-        assert_eq!(s.release(100), Handoff::ToWaiter(3, 100));
-        assert_eq!(s.release(100), Handoff::Idle);
-        assert_eq!(s.checkout(4), Checkout::Ready(100));
+        assert_eq!(s.checkout(1, 0), Checkout::Connect);
+        assert_eq!(s.checkout(2, 1), Checkout::Wait { ask: vec![] });
+        assert_eq!(s.checkout(3, 2), Checkout::Wait { ask: vec![] });
+        assert_eq!(s.release(100).0, Handoff::ToWaiter(2, 100));
+        assert_eq!(s.release(100).0, Handoff::ToWaiter(3, 100));
+        assert_eq!(s.release(100).0, Handoff::Idle);
+        assert_eq!(s.checkout(4, 3), Checkout::Ready(100));
     }
 
     #[test]
     fn a_timed_out_waiter_leaves_the_line() {
         let mut s = Shard::new(1, 1, 0);
-        assert_eq!(s.checkout(1), Checkout::Connect);
-        assert!(matches!(s.checkout(2), Checkout::Wait { .. }));
-        assert!(matches!(s.checkout(3), Checkout::Wait { .. }));
+        assert_eq!(s.checkout(1, 0), Checkout::Connect);
+        assert!(matches!(s.checkout(2, 1), Checkout::Wait { .. }));
+        assert!(matches!(s.checkout(3, 2), Checkout::Wait { .. }));
         s.cancel_wait(&2);
         assert_eq!(s.waiting_count(), 1);
-        assert_eq!(s.release(100), Handoff::ToWaiter(3, 100));
+        assert_eq!(s.release(100).0, Handoff::ToWaiter(3, 100));
     }
 
     #[test]
     fn a_failed_connect_passes_the_budget_to_the_next_waiter() {
         let mut s = Shard::new(1, 1, 0);
-        assert_eq!(s.checkout(1), Checkout::Connect);
-        assert!(matches!(s.checkout(2), Checkout::Wait { .. }));
+        assert_eq!(s.checkout(1, 0), Checkout::Connect);
+        assert!(matches!(s.checkout(2, 1), Checkout::Wait { .. }));
         assert_eq!(s.closed(), Freed::Connect(2));
         assert_eq!(s.open_count(), 1);
         assert_eq!(s.closed(), Freed::Kept);
@@ -292,127 +363,220 @@ mod tests {
         // Pool of 2 over 2 shards: one unit each.
         let mut a = Shard::new(2, 2, 0);
         let mut b = Shard::new(2, 2, 1);
-        assert_eq!(b.checkout(10), Checkout::Connect);
-        assert_eq!(b.release(7), Handoff::Idle);
-        assert_eq!(a.checkout(1), Checkout::Connect);
+        assert_eq!(b.checkout(10, 0), Checkout::Connect);
+        assert_eq!(b.release(7).0, Handoff::Idle);
+        assert_eq!(a.checkout(1, 1), Checkout::Connect);
         // Shard 0 needs a second server and asks shard 1, which gives its idle one.
-        assert_eq!(a.checkout(2), Checkout::Wait { ask: vec![1] });
-        let Answer::GiveServer(server) = b.asked_by(0) else {
+        assert_eq!(a.checkout(2, 2), Checkout::Wait { ask: vec![1] });
+        let Answer::GiveServer(server) = b.asked_by(0, 2) else {
             panic!("no server given")
         };
-        assert_eq!(a.server_from(1, server), (Handoff::ToWaiter(2, 7), vec![]));
+        assert_eq!(
+            a.server_from(1, server),
+            (Handoff::ToWaiter(2, 7), vec![], vec![])
+        );
         assert_eq!(units(&[a, b], 0), 2);
     }
 
     #[test]
-    fn a_noted_asker_gets_the_next_release_before_the_idle_list() {
+    fn the_longest_wait_is_served_first_across_shards() {
         let mut a = Shard::new(2, 2, 0);
         let mut b = Shard::new(2, 2, 1);
-        assert_eq!(a.checkout(1), Checkout::Connect);
-        assert_eq!(b.checkout(10), Checkout::Connect);
-        assert_eq!(a.checkout(2), Checkout::Wait { ask: vec![1] });
-        assert_eq!(b.asked_by(0), Answer::Noted);
-        // Asking again while noted is not repeated.
-        assert_eq!(a.checkout(3), Checkout::Wait { ask: vec![] });
-        assert_eq!(b.release(8), Handoff::ToPeer(0, 8));
-        let (handoff, ask) = a.server_from(1, 8);
+        assert_eq!(a.checkout(1, 0), Checkout::Connect);
+        assert_eq!(b.checkout(10, 0), Checkout::Connect);
+        // Shard 0's client has waited since t=1; shard 1's own client since t=5.
+        assert_eq!(a.checkout(2, 1), Checkout::Wait { ask: vec![1] });
+        assert_eq!(b.asked_by(0, 1), Answer::Noted);
+        assert_eq!(b.checkout(11, 5), Checkout::Wait { ask: vec![0] });
+        assert_eq!(a.asked_by(1, 5), Answer::Noted);
+        // Shard 1 releases: shard 0's client waited longer, so it gets the server.
+        assert_eq!(b.release(8), (Handoff::ToPeer(0, 8), vec![]));
+        let (handoff, ask, withdraw) = a.server_from(1, 8);
         assert_eq!(handoff, Handoff::ToWaiter(2, 8));
-        // Client 3 still waits, so shard 1 is asked again.
-        assert_eq!(ask, vec![1]);
+        // Nobody waits on shard 0 any more: nothing to ask, and no note left to withdraw (the give cleared it).
+        assert_eq!((ask, withdraw), (vec![], vec![]));
+        // Shard 0 releases next: its note for shard 1 (t=5) comes before keeping the server idle.
+        assert_eq!(a.release(9), (Handoff::ToPeer(1, 9), vec![]));
+        assert_eq!(b.server_from(0, 9).0, Handoff::ToWaiter(11, 9));
         assert_eq!(units(&[a, b], 0), 2);
+    }
+
+    #[test]
+    fn a_shard_whose_line_empties_withdraws_its_asks() {
+        let mut a = Shard::new(2, 2, 0);
+        let mut b = Shard::new(2, 2, 1);
+        assert_eq!(a.checkout(1, 0), Checkout::Connect);
+        assert_eq!(b.checkout(10, 0), Checkout::Connect);
+        assert_eq!(a.checkout(2, 1), Checkout::Wait { ask: vec![1] });
+        assert_eq!(b.asked_by(0, 1), Answer::Noted);
+        // Shard 0 serves its waiter itself and withdraws the ask; shard 1 then keeps its server.
+        assert_eq!(a.release(5), (Handoff::ToWaiter(2, 5), vec![1]));
+        b.withdrawn_by(0);
+        assert_eq!(b.release(8), (Handoff::Idle, vec![]));
     }
 
     #[test]
     fn budget_moves_when_the_giver_has_no_server() {
         let mut a = Shard::new(1, 2, 0);
         let mut b = Shard::new(1, 2, 1);
-        assert_eq!(b.checkout(10), Checkout::Wait { ask: vec![0] });
-        assert_eq!(a.asked_by(1), Answer::GiveBudget);
-        assert_eq!(b.budget_from(0), (Freed::Connect(10), vec![]));
+        assert_eq!(b.checkout(10, 0), Checkout::Wait { ask: vec![0] });
+        assert_eq!(a.asked_by(1, 0), Answer::GiveBudget);
+        assert_eq!(b.budget_from(0), (Freed::Connect(10), vec![], vec![]));
         assert_eq!(units(&[a, b], 0), 1);
     }
 
+    /// Messages between shards in the simulation below.
+    enum Msg {
+        Ask(u64),
+        Withdraw,
+        Server(u32),
+        Budget,
+    }
+
+    /// Three shards, their clients (leased or waiting) and the messages in flight.
+    struct World {
+        shards: Vec<Shard>,
+        leased: Vec<(usize, u32)>,
+        waiting: Vec<(usize, u32)>,
+        flight: VecDeque<(usize, usize, Msg)>, // (to, from, message)
+    }
+
+    impl World {
+        fn post(&mut self, from: usize, to: Vec<usize>, msg: impl Fn() -> Msg) {
+            self.flight.extend(to.into_iter().map(|p| (p, from, msg())));
+        }
+
+        fn serve(&mut self, shard: usize, waiter: u32, server: u32) {
+            self.waiting.retain(|&w| w != (shard, waiter));
+            self.leased.push((shard, server));
+        }
+
+        fn place_server(&mut self, shard: usize, handoff: Handoff<u32, u32>) {
+            match handoff {
+                Handoff::ToWaiter(w, s) => self.serve(shard, w, s),
+                Handoff::ToPeer(p, s) => self.flight.push_back((p, shard, Msg::Server(s))),
+                Handoff::Idle => {}
+            }
+        }
+
+        fn place_budget(&mut self, shard: usize, freed: Freed<u32>) {
+            match freed {
+                Freed::Connect(w) => self.serve(shard, w, w + 1000),
+                Freed::ToPeer(p) => self.flight.push_back((p, shard, Msg::Budget)),
+                Freed::Kept => {}
+            }
+        }
+
+        fn deliver(&mut self) {
+            let Some((to, from, msg)) = self.flight.pop_front() else {
+                return;
+            };
+            let (ask, withdraw) = match msg {
+                Msg::Ask(since) => {
+                    match self.shards[to].asked_by(from, since) {
+                        Answer::GiveServer(s) => self.flight.push_back((from, to, Msg::Server(s))),
+                        Answer::GiveBudget => self.flight.push_back((from, to, Msg::Budget)),
+                        Answer::Noted => {}
+                    }
+                    (vec![], vec![])
+                }
+                Msg::Withdraw => {
+                    self.shards[to].withdrawn_by(from);
+                    (vec![], vec![])
+                }
+                Msg::Server(s) => {
+                    let (handoff, ask, withdraw) = self.shards[to].server_from(from, s);
+                    self.place_server(to, handoff);
+                    (ask, withdraw)
+                }
+                Msg::Budget => {
+                    let (freed, ask, withdraw) = self.shards[to].budget_from(from);
+                    self.place_budget(to, freed);
+                    (ask, withdraw)
+                }
+            };
+            if let Some(since) = self.shards[to].oldest_wait() {
+                self.post(to, ask, || Msg::Ask(since));
+            }
+            self.post(to, withdraw, || Msg::Withdraw);
+        }
+
+        /// Servers and budget on all shards and in flight add up to the pool size.
+        fn units(&self) -> u32 {
+            let carried = self
+                .flight
+                .iter()
+                .filter(|(_, _, m)| matches!(m, Msg::Server(_) | Msg::Budget));
+            units(&self.shards, carried.count() as u32)
+        }
+    }
+
     #[test]
-    fn the_cap_holds_under_any_interleaving() {
-        // A deterministic pseudo-random walk over three shards with messages in flight; after every step the
-        // units add up, and open servers never exceed the pool.
+    fn the_cap_holds_and_no_client_waits_beside_an_idle_server() {
+        // A deterministic pseudo-random walk over three shards with messages in flight. After every step the units
+        // add up, open servers never exceed the pool, and a shard with noted askers holds nothing idle; whenever
+        // all messages have arrived, no client waits while any shard has an idle server or free budget.
         let size = 5;
-        let mut shards: Vec<Shard> = (0..3).map(|me| PoolShard::new(size, 3, me)).collect();
-        let mut leased: Vec<(usize, u32)> = Vec::new();
-        let mut flight: VecDeque<(usize, usize, Option<u32>)> = VecDeque::new(); // (to, from, server)
-        let mut asks: VecDeque<(usize, usize)> = VecDeque::new(); // (to, from)
-        let mut next_id = 0;
-        let mut seed = 12345u64;
-        for _ in 0..20_000 {
+        let mut world = World {
+            shards: (0..3).map(|me| PoolShard::new(size, 3, me)).collect(),
+            leased: Vec::new(),
+            waiting: Vec::new(),
+            flight: VecDeque::new(),
+        };
+        let (mut next_id, mut seed) = (0u32, 12345u64);
+        for tick in 0..50_000u64 {
             seed = seed
                 .wrapping_mul(6364136223846793005)
                 .wrapping_add(1442695040888963407);
             let r = (seed >> 33) as usize;
-            let shard = r % 3;
-            match (r / 3) % 5 {
+            let me = r % 3;
+            match (r / 3) % 6 {
                 0 | 1 => {
                     next_id += 1;
-                    match shards[shard].checkout(next_id) {
-                        Checkout::Ready(s) => leased.push((shard, s)),
-                        Checkout::Connect => leased.push((shard, next_id + 1000)),
-                        Checkout::Wait { ask } => asks.extend(ask.into_iter().map(|p| (p, shard))),
+                    match world.shards[me].checkout(next_id, tick) {
+                        Checkout::Ready(s) => world.leased.push((me, s)),
+                        Checkout::Connect => world.leased.push((me, next_id + 1000)),
+                        Checkout::Wait { ask } => {
+                            world.waiting.push((me, next_id));
+                            world.post(me, ask, || Msg::Ask(tick));
+                        }
                     }
                 }
-                2 if !leased.is_empty() => {
-                    let (owner, s) = leased.swap_remove(r % leased.len());
+                2 if !world.waiting.is_empty() => {
+                    let (owner, w) = world.waiting.swap_remove(r % world.waiting.len());
+                    let withdraw = world.shards[owner].cancel_wait(&w);
+                    world.post(owner, withdraw, || Msg::Withdraw);
+                }
+                3 if !world.leased.is_empty() => {
+                    let (owner, s) = world.leased.swap_remove(r % world.leased.len());
                     if r.is_multiple_of(7) {
-                        match shards[owner].closed() {
-                            Freed::Connect(_) => leased.push((owner, s)),
-                            Freed::ToPeer(p) => flight.push_back((p, owner, None)),
-                            Freed::Kept => {}
-                        }
+                        let freed = world.shards[owner].closed();
+                        world.place_budget(owner, freed);
                     } else {
-                        match shards[owner].release(s) {
-                            Handoff::ToWaiter(_, s) => leased.push((owner, s)),
-                            Handoff::ToPeer(p, s) => flight.push_back((p, owner, Some(s))),
-                            Handoff::Idle => {}
-                        }
+                        let (handoff, withdraw) = world.shards[owner].release(s);
+                        world.place_server(owner, handoff);
+                        world.post(owner, withdraw, || Msg::Withdraw);
                     }
                 }
-                3 => {
-                    if let Some((to, from)) = asks.pop_front() {
-                        match shards[to].asked_by(from) {
-                            Answer::GiveServer(s) => flight.push_back((from, to, Some(s))),
-                            Answer::GiveBudget => flight.push_back((from, to, None)),
-                            Answer::Noted => {}
-                        }
-                    }
-                }
-                _ => {
-                    if let Some((to, from, server)) = flight.pop_front() {
-                        let ask = match server {
-                            Some(s) => {
-                                let (h, ask) = shards[to].server_from(from, s);
-                                match h {
-                                    Handoff::ToWaiter(_, s) => leased.push((to, s)),
-                                    Handoff::ToPeer(p, s) => flight.push_back((p, to, Some(s))),
-                                    Handoff::Idle => {}
-                                }
-                                ask
-                            }
-                            None => {
-                                let (f, ask) = shards[to].budget_from(from);
-                                match f {
-                                    Freed::Connect(w) => leased.push((to, w + 1000)),
-                                    Freed::ToPeer(p) => flight.push_back((p, to, None)),
-                                    Freed::Kept => {}
-                                }
-                                ask
-                            }
-                        };
-                        asks.extend(ask.into_iter().map(|p| (p, to)));
-                    }
-                }
+                _ => world.deliver(),
             }
-            assert_eq!(units(&shards, flight.len() as u32), size);
-            assert!(shards.iter().map(|s| s.open).sum::<u32>() <= size);
-            for s in &shards {
+            assert_eq!(world.units(), size);
+            assert!(world.shards.iter().map(|s| s.open).sum::<u32>() <= size);
+            for s in &world.shards {
                 assert!(s.wanted_by.is_empty() || (s.idle.is_empty() && s.budget == 0));
+            }
+            if tick % 500 == 499 {
+                while !world.flight.is_empty() {
+                    world.deliver();
+                }
+                if !world.waiting.is_empty() {
+                    for s in &world.shards {
+                        assert!(
+                            s.idle.is_empty() && s.budget == 0,
+                            "a client waits beside an idle server"
+                        );
+                    }
+                }
             }
         }
     }

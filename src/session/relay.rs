@@ -32,7 +32,7 @@ pub struct Relay<'a> {
     key: PoolKey,
     pid: u32,
     mode: PoolMode,
-    server: Option<Server>,
+    server: Option<Box<Server>>,
     c2s: Option<IoBuf>,
     s2c: Option<IoBuf>,
     from_client: Scanner,

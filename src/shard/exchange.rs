@@ -1,8 +1,11 @@
-//! Messages between shards over the bounded channel mesh. Pool messages carry units of a pool's budget (a
-//! server or the right to open one) and must never be lost; asks are bounded by one per (pool, peer); cancels
-//! are best effort and dropped when a channel is full, as a lost cancel is also possible in PostgreSQL.
+//! Messages between shards over the bounded channel mesh. Pool messages must never be lost: servers and
+//! budget are units of a pool's cap, and a lost ask could leave a client waiting beside an idle server. They
+//! are bounded by construction (units by pool_size, asks and withdrawals by one per pool and peer), and if a
+//! channel is full anyway they wait in a task. Cancels are best effort and dropped when a channel is full, as a
+//! lost cancel is also possible with PostgreSQL itself.
 
 use std::rc::Rc;
+use std::time::Instant;
 
 use glommio::channels::channel_mesh::Senders;
 use glommio::{GlommioError, ResourceType};
@@ -11,8 +14,10 @@ use super::{PoolKey, Shard};
 use crate::server::Transfer;
 
 pub enum Msg {
-    /// The sender has a client waiting on this pool.
-    Ask { pool: PoolKey },
+    /// The sender has had a client waiting on this pool since `since`.
+    Ask { pool: PoolKey, since: Instant },
+    /// The sender no longer has clients waiting on this pool.
+    Withdraw { pool: PoolKey },
     /// A live server, with its unit of budget.
     Server { pool: PoolKey, server: Transfer },
     /// A unit of budget: the receiver may open one more server.
@@ -22,13 +27,12 @@ pub enum Msg {
 }
 
 impl Msg {
-    fn carries_budget(&self) -> bool {
-        matches!(self, Msg::Server { .. } | Msg::Budget { .. })
+    fn must_arrive(&self) -> bool {
+        !matches!(self, Msg::Cancel { .. })
     }
 }
 
-/// Channel slots per pair of shards. Budget-carrying messages in flight never exceed the sum of pool sizes,
-/// and if a channel is full anyway they wait in a task rather than being dropped.
+/// Channel slots per pair of shards.
 pub const CHANNEL_SLOTS: usize = 1024;
 
 pub fn send(peers: &Rc<Senders<Msg>>, to: usize, msg: Msg) {
@@ -40,7 +44,7 @@ pub fn send(peers: &Rc<Senders<Msg>>, to: usize, msg: Msg) {
             return;
         }
     };
-    if msg.carries_budget() {
+    if msg.must_arrive() {
         let peers = peers.clone();
         glommio::spawn_local(async move {
             if let Err(e) = peers.send_to(to, msg).await {
@@ -51,7 +55,7 @@ pub fn send(peers: &Rc<Senders<Msg>>, to: usize, msg: Msg) {
         })
         .detach();
     } else {
-        crate::debug!("channel to shard {to} is full; dropping an ask or cancel");
+        crate::debug!("channel to shard {to} is full; dropping a cancel request");
     }
 }
 
@@ -63,7 +67,8 @@ pub async fn receive(
 ) {
     while let Some(msg) = rx.recv().await {
         match msg {
-            Msg::Ask { pool } => shard.peer_asks(pool, from),
+            Msg::Ask { pool, since } => shard.peer_asks(pool, from, since),
+            Msg::Withdraw { pool } => shard.peer_withdraws(pool, from),
             Msg::Server { pool, server } => shard.server_from_peer(pool, from, server),
             Msg::Budget { pool } => shard.budget_from_peer(pool, from),
             Msg::Cancel { pid, secret } => shard.cancel_client(pid, secret),

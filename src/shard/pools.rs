@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use super::exchange::{self, Msg};
 use super::Shard;
-use crate::pool::{Answer, Checkout, Freed, Handoff, PoolShard};
+use crate::pool::{share, Answer, Checkout, Freed, Handoff, PoolShard};
 use crate::proto::message::ErrorFields;
 use crate::server::connect::{self, ConnectError};
 use crate::server::{Server, Transfer};
@@ -61,7 +61,7 @@ impl Future for &GrantSlot {
 }
 
 pub(super) struct Pool {
-    core: PoolShard<Server, u64>,
+    core: PoolShard<Box<Server>, u64, Instant>,
     waiting: HashMap<u64, Rc<GrantSlot>>,
     /// ParameterStatus set of this pool's servers, reported to clients at login.
     params: Option<Rc<[(String, String)]>>,
@@ -111,12 +111,16 @@ impl Shard {
     }
 
     /// A server for a client of `key`, by `deadline`. Never hands out a server that died while idle.
-    pub async fn acquire(&self, key: PoolKey, deadline: Instant) -> Result<Server, AcquireError> {
+    pub async fn acquire(
+        &self,
+        key: PoolKey,
+        deadline: Instant,
+    ) -> Result<Box<Server>, AcquireError> {
         loop {
             let waiter = self.next_waiter.get();
             self.next_waiter.set(waiter + 1);
-            let grant = match self.pool(key, |p| p.core.checkout(waiter)) {
-                Checkout::Ready(server) => Grant::Server(Box::new(server)),
+            let grant = match self.pool(key, |p| p.core.checkout(waiter, Instant::now())) {
+                Checkout::Ready(server) => Grant::Server(server),
                 Checkout::Connect => Grant::Connect,
                 Checkout::Wait { ask } => {
                     let slot = Rc::new(GrantSlot::default());
@@ -125,10 +129,11 @@ impl Shard {
                     match until(deadline, &*slot).await {
                         Some(grant) => grant,
                         None => {
-                            self.pool(key, |p| {
-                                p.core.cancel_wait(&waiter);
+                            let withdraw = self.pool(key, |p| {
                                 p.waiting.remove(&waiter);
+                                p.core.cancel_wait(&waiter)
                             });
+                            self.withdraw(key, withdraw);
                             // A grant may have landed as the timer fired.
                             slot.grant
                                 .borrow_mut()
@@ -139,7 +144,7 @@ impl Shard {
                 }
             };
             match grant {
-                Grant::Server(server) if server.is_alive() => return Ok(*server),
+                Grant::Server(server) if server.is_alive() => return Ok(server),
                 Grant::Server(_) => {
                     debug!("closing a server that died while idle");
                     self.server_gone(key);
@@ -158,7 +163,7 @@ impl Shard {
     }
 
     /// Opens a server on budget already taken for it; on failure the budget goes back.
-    async fn connect(&self, key: PoolKey, deadline: Instant) -> Result<Server, ConnectError> {
+    async fn connect(&self, key: PoolKey, deadline: Instant) -> Result<Box<Server>, ConnectError> {
         let retry_at = self.pool(key, |p| p.retry_at);
         if until(
             deadline,
@@ -187,7 +192,7 @@ impl Shard {
                     p.retry_delay = Duration::ZERO;
                     p.params.get_or_insert_with(|| server.params.clone().into());
                 });
-                Ok(server)
+                Ok(Box::new(server))
             }
             Err(e) => {
                 let max = config.server_login_retry;
@@ -226,17 +231,16 @@ impl Shard {
     }
 
     /// A client is done with a healthy, idle server.
-    pub fn release(&self, key: PoolKey, mut server: Server) {
+    pub fn release(&self, key: PoolKey, mut server: Box<Server>) {
         server.idle_since = Instant::now();
-        let handoff = self.pool(key, |p| p.core.release(server));
+        let (handoff, withdraw) = self.pool(key, |p| p.core.release(server));
         self.place_server(key, handoff);
+        self.withdraw(key, withdraw);
     }
 
-    fn place_server(&self, key: PoolKey, handoff: Handoff<Server, u64>) {
+    fn place_server(&self, key: PoolKey, handoff: Handoff<Box<Server>, u64>) {
         match handoff {
-            Handoff::ToWaiter(waiter, server) => {
-                self.grant(key, waiter, Grant::Server(Box::new(server)))
-            }
+            Handoff::ToWaiter(waiter, server) => self.grant(key, waiter, Grant::Server(server)),
             Handoff::ToPeer(peer, server) => match server.into_transfer() {
                 Ok(server) => self.send_to_peer(peer, Msg::Server { pool: key, server }),
                 Err(e) => {
@@ -269,8 +273,20 @@ impl Shard {
     }
 
     fn ask(&self, key: PoolKey, peers: Vec<usize>) {
+        if peers.is_empty() {
+            return;
+        }
+        let since = self
+            .pool(key, |p| p.core.oldest_wait())
+            .unwrap_or_else(Instant::now);
         for peer in peers {
-            self.send_to_peer(peer, Msg::Ask { pool: key });
+            self.send_to_peer(peer, Msg::Ask { pool: key, since });
+        }
+    }
+
+    fn withdraw(&self, key: PoolKey, peers: Vec<usize>) {
+        for peer in peers {
+            self.send_to_peer(peer, Msg::Withdraw { pool: key });
         }
     }
 
@@ -282,25 +298,31 @@ impl Shard {
         exchange::send(peers, peer, msg);
     }
 
-    pub(super) fn peer_asks(&self, key: PoolKey, peer: usize) {
-        match self.pool(key, |p| p.core.asked_by(peer)) {
+    pub(super) fn peer_asks(&self, key: PoolKey, peer: usize, since: Instant) {
+        match self.pool(key, |p| p.core.asked_by(peer, since)) {
             Answer::GiveServer(server) => self.place_server(key, Handoff::ToPeer(peer, server)),
             Answer::GiveBudget => self.send_to_peer(peer, Msg::Budget { pool: key }),
             Answer::Noted => {}
         }
     }
 
+    pub(super) fn peer_withdraws(&self, key: PoolKey, peer: usize) {
+        self.pool(key, |p| p.core.withdrawn_by(peer));
+    }
+
     pub(super) fn server_from_peer(&self, key: PoolKey, peer: usize, server: Transfer) {
-        let server = Server::from_transfer(server);
-        let (handoff, ask) = self.pool(key, |p| p.core.server_from(peer, server));
+        let server = Box::new(Server::from_transfer(server));
+        let (handoff, ask, withdraw) = self.pool(key, |p| p.core.server_from(peer, server));
         self.place_server(key, handoff);
         self.ask(key, ask);
+        self.withdraw(key, withdraw);
     }
 
     pub(super) fn budget_from_peer(&self, key: PoolKey, peer: usize) {
-        let (freed, ask) = self.pool(key, |p| p.core.budget_from(peer));
+        let (freed, ask, withdraw) = self.pool(key, |p| p.core.budget_from(peer));
         self.place_budget(key, freed);
         self.ask(key, ask);
+        self.withdraw(key, withdraw);
     }
 
     /// Closes idle servers that died, idled past server_idle_timeout or lived past server_lifetime (keeping
@@ -310,7 +332,11 @@ impl Shard {
         let now = Instant::now();
         let keys: Vec<PoolKey> = self.pools.borrow().keys().copied().collect();
         for key in keys {
-            let min = self.share(config.databases[key.db as usize].min_pool_size);
+            let min = share(
+                config.databases[key.db as usize].min_pool_size,
+                self.shards,
+                self.id,
+            );
             let expired = self.pool(key, |p| {
                 p.core.take_expired(min, |s| {
                     now.duration_since(s.idle_since) >= config.server_idle_timeout
@@ -333,12 +359,6 @@ impl Shard {
                 .detach();
             }
         }
-    }
-
-    /// This shard's part of a per-pool number split over all shards.
-    fn share(&self, n: u32) -> u32 {
-        let shards = self.shards as u32;
-        n / shards + u32::from((self.id as u32) < n % shards)
     }
 
     /// Closes every idle server (at shutdown).
