@@ -116,7 +116,7 @@ struct DatabaseFile {
     /// Most server connections per user of this database, over all shards. Default 20.
     #[serde(default = "default_pool_size")]
     pool_size: u32,
-    /// Servers kept open even when idle, per user pool. Default 0.
+    /// Servers kept open even when idle, in each (this database, user) pool. Default 0.
     #[serde(default)]
     min_pool_size: u32,
     /// Overrides the global pool_mode for this database.

@@ -263,3 +263,129 @@ fn tempdir() -> std::path::PathBuf {
     std::fs::create_dir_all(&dir).unwrap();
     dir
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_waits_at_most_query_wait_timeout() {
+    let Fixture { pg: _pg, herd } =
+        fixture("transaction", 1, "workers = 2\nquery_wait_timeout = 1");
+    let holder = connect(herd.port, "app", "secret", "app").await;
+    holder.batch_execute("BEGIN").await.unwrap();
+    let waiter = connect(herd.port, "app", "secret", "app").await;
+    let started = std::time::Instant::now();
+    let err = waiter.batch_execute("SELECT 1").await.unwrap_err();
+    let waited = started.elapsed();
+    assert_eq!(
+        err.as_db_error().map(|e| e.code().code()),
+        Some("57014"),
+        "{err:?}"
+    );
+    assert!(
+        waited >= Duration::from_millis(900) && waited < Duration::from_secs(5),
+        "waited {waited:?}"
+    );
+    // The holder is unaffected.
+    holder.batch_execute("COMMIT").await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pipelined_queries_share_one_lease_and_all_answer() {
+    let Fixture { pg: _pg, herd } = fixture("transaction", 2, "workers = 2");
+    let c = connect(herd.port, "app", "secret", "app").await;
+    // tokio-postgres pipelines concurrent queries on one connection: many Syncs in flight at once.
+    let queries = (0..200).map(|i: i32| {
+        let c = &c;
+        async move {
+            c.query_typed_one("SELECT $1::int * 2", &[(&i, Type::INT4)])
+                .await
+                .map(|r| r.get::<_, i32>(0))
+        }
+    });
+    let results = futures_util::future::join_all(queries).await;
+    for (i, r) in results.into_iter().enumerate() {
+        assert_eq!(r.unwrap(), i as i32 * 2);
+    }
+    // An error in the middle of a pipeline fails only its own query.
+    let (a, b, d) = tokio::join!(
+        c.query_typed_one("SELECT 1", &[]),
+        c.query_typed_one("SELECT 1/0", &[]),
+        c.query_typed_one("SELECT 3", &[])
+    );
+    assert_eq!(a.unwrap().get::<_, i32>(0), 1);
+    assert_eq!(b.unwrap_err().as_db_error().unwrap().code().code(), "22012");
+    assert_eq!(d.unwrap().get::<_, i32>(0), 3);
+}
+
+#[test]
+fn min_pool_size_warms_servers_and_idle_ones_expire() {
+    let Fixture { pg, herd } = fixture("transaction", 4, "workers = 2\nserver_idle_timeout = 1");
+    // min_pool_size is per database; rewrite the fixture's config with it.
+    let config = std::fs::read_to_string(&herd.config_path).unwrap();
+    drop(herd);
+    let config = config.replacen("pool_size = 4", "pool_size = 4\nmin_pool_size = 2", 1);
+    let body = config
+        .lines()
+        .filter(|l| !l.starts_with("listen"))
+        .collect::<Vec<_>>()
+        .join("\n");
+    let herd = common::Pgherd::start(&body);
+    // Before any client comes, the pool is filled to min_pool_size, and kept there past server_idle_timeout.
+    common::wait_until(Duration::from_secs(10), "two warm servers", || {
+        pg.backend_count("app") == 2
+    });
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        // Four at once make the pool grow to its size; idle ones above the minimum then expire.
+        let clients = futures_util::future::join_all(
+            (0..4).map(|_| connect(herd.port, "app", "secret", "app")),
+        )
+        .await;
+        let busy = clients
+            .iter()
+            .map(|c| c.batch_execute("BEGIN; SELECT pg_sleep(0.3); COMMIT"));
+        for r in futures_util::future::join_all(busy).await {
+            r.unwrap();
+        }
+    });
+    assert!(
+        pg.backend_count("app") >= 3,
+        "the pool grew beyond its minimum"
+    );
+    common::wait_until(
+        Duration::from_secs(10),
+        "idle servers above the minimum expire",
+        || pg.backend_count("app") == 2,
+    );
+}
+
+#[test]
+fn per_database_and_per_user_client_limits_answer_53300() {
+    let Fixture { pg: _pg, herd } = fixture("transaction", 2, "workers = 1");
+    let config = std::fs::read_to_string(&herd.config_path).unwrap();
+    drop(herd);
+    let config = config
+        .replacen("pool_size = 2", "pool_size = 2\nmax_client_conn = 2", 1)
+        .replacen(
+            "auth_type = \"md5\"",
+            "auth_type = \"md5\"\nmax_client_conn = 1",
+            1,
+        );
+    let body = config
+        .lines()
+        .filter(|l| !l.starts_with("listen"))
+        .collect::<Vec<_>>()
+        .join("\n");
+    let herd = common::Pgherd::start(&body);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let _legacy = connect(herd.port, "legacy", "secret", "app").await;
+        let err = common::try_connect(herd.port, "legacy", "secret", "app")
+            .await
+            .expect_err("user limit");
+        assert_eq!(err.code().map(|c| c.code()), Some("53300"));
+        let _app = connect(herd.port, "app", "secret", "app").await;
+        let err = common::try_connect(herd.port, "app", "secret", "app")
+            .await
+            .expect_err("database limit");
+        assert_eq!(err.code().map(|c| c.code()), Some("53300"));
+    });
+}

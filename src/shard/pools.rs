@@ -325,6 +325,25 @@ impl Shard {
         self.withdraw(key, withdraw);
     }
 
+    /// Creates, on this shard, every pool whose database keeps warm servers, so upkeep fills them before the
+    /// first client comes.
+    pub(super) fn create_warm_pools(&self) {
+        let config = self.config();
+        for (db, database) in config.databases.iter().enumerate() {
+            if database.min_pool_size > 0 {
+                for user in 0..config.users.len() {
+                    self.pool(
+                        PoolKey {
+                            db: db as u32,
+                            user: user as u32,
+                        },
+                        |_| (),
+                    );
+                }
+            }
+        }
+    }
+
     /// Closes idle servers that died, idled past server_idle_timeout or lived past server_lifetime (keeping
     /// this shard's share of min_pool_size), then opens servers up to that share.
     pub(super) fn look_after_pools(self: &Rc<Self>) {

@@ -133,6 +133,7 @@ async fn run_shard(
         })
         .collect();
 
+    shard.create_warm_pools();
     let mut ticks = 0u32;
     while !shard.shutting_down() {
         glommio::timer::sleep(TICK).await;
