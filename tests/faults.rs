@@ -393,3 +393,81 @@ async fn sigterm_lets_a_running_transaction_finish() {
     assert_eq!(herd.wait_exit(Duration::from_secs(10)), Some(0));
     assert!(idle.is_closed() || idle.batch_execute("SELECT 1").await.is_err());
 }
+
+/// A SCRAM verifier for `password` in PostgreSQL's pg_authid format, made by PostgreSQL itself.
+fn verifier_of(pg: &common::Postgres, role: &str) -> String {
+    pg.sql(&format!(
+        "SELECT rolpassword FROM pg_authid WHERE rolname = '{role}'"
+    ))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pgherd_logs_in_with_whatever_postgres_asks() {
+    let Fixture { pg, herd } = fixture("transaction", 2, "workers = 1");
+    // One user per server-side method: md5 (an md5-stored password), cleartext, trust.
+    pg.sql("SET password_encryption = 'md5'; CREATE ROLE by_md5 LOGIN PASSWORD 'pw-md5'");
+    pg.sql("CREATE ROLE by_clear LOGIN PASSWORD 'pw-clear'");
+    pg.sql("CREATE ROLE by_trust LOGIN PASSWORD 'pw-trust'");
+    pg.sql("GRANT CONNECT ON DATABASE app TO by_md5, by_clear, by_trust");
+    let hba = pg.data.join("pg_hba.conf");
+    let rules = std::fs::read_to_string(&hba).unwrap();
+    std::fs::write(
+        &hba,
+        format!(
+            "host all by_md5 127.0.0.1/32 md5\nhost all by_clear 127.0.0.1/32 password\n\
+             host all by_trust 127.0.0.1/32 trust\n{rules}"
+        ),
+    )
+    .unwrap();
+    pg.sql("SELECT pg_reload_conf()");
+    // by_trust's entry holds only a SCRAM verifier: clients are checked against it, and PostgreSQL trusts pgherd.
+    let trust_verifier = verifier_of(&pg, "by_trust");
+    assert!(trust_verifier.starts_with("SCRAM-SHA-256$"));
+    let config = std::fs::read_to_string(&herd.config_path).unwrap();
+    drop(herd);
+    let body = config
+        .lines()
+        .filter(|l| !l.starts_with("listen"))
+        .collect::<Vec<_>>()
+        .join("\n");
+    let herd = common::Pgherd::start(&format!(
+        "{body}\n[users.by_md5]\npassword = \"pw-md5\"\n[users.by_clear]\npassword = \"pw-clear\"\n\
+         [users.by_trust]\npassword = \"{trust_verifier}\"\n"
+    ));
+    for (user, password) in [
+        ("by_md5", "pw-md5"),
+        ("by_clear", "pw-clear"),
+        ("by_trust", "pw-trust"),
+    ] {
+        let c = connect(herd.port, user, password, "app").await;
+        let who: String = c
+            .query_typed_one("SELECT current_user::text", &[])
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(who, user);
+    }
+    let err = try_connect(herd.port, "by_trust", "wrong", "app")
+        .await
+        .expect_err("wrong password accepted");
+    assert_eq!(err.code().map(|c| c.code()), Some("28P01"));
+}
+
+#[test]
+fn gssenc_request_is_refused_and_login_goes_on() {
+    let Fixture { pg: _pg, herd } = fixture("transaction", 2, "workers = 1\nauth_type = \"trust\"");
+    let mut s = TcpStream::connect(("127.0.0.1", herd.port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    s.write_all(&[0, 0, 0, 8, 4, 210, 22, 48]).unwrap();
+    let mut answer = [0u8; 1];
+    s.read_exact(&mut answer).unwrap();
+    assert_eq!(&answer, b"N");
+    s.write_all(&startup(3 << 16, &[("user", "app"), ("database", "app")]))
+        .unwrap();
+    let mut header = [0u8; 5];
+    s.read_exact(&mut header).unwrap();
+    assert_eq!(
+        header[0], b'R',
+        "authentication follows on the same connection"
+    );
+}

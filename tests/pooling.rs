@@ -246,6 +246,21 @@ async fn a_32_megabyte_value_passes_both_ways() {
         .unwrap()
         .get(0);
     assert!(back == body, "the value came back changed");
+    // pgherd streamed it: its peak memory stayed far below the value's size.
+    let status = std::fs::read_to_string(format!("/proc/{}/status", herd.pid())).unwrap();
+    let peak_kb: u64 = status
+        .lines()
+        .find(|l| l.starts_with("VmHWM:"))
+        .unwrap()
+        .split_whitespace()
+        .nth(1)
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(
+        peak_kb < 24 * 1024,
+        "pgherd peaked at {peak_kb} kB for a 32 MB value"
+    );
     let len: i32 = c
         .query_typed_one("SELECT length(body) FROM blobs", &[])
         .await
@@ -388,4 +403,51 @@ fn per_database_and_per_user_client_limits_answer_53300() {
             .expect_err("database limit");
         assert_eq!(err.code().map(|c| c.code()), Some("53300"));
     });
+}
+
+#[test]
+fn notifications_and_notices_pass_through() {
+    let Fixture { pg: _pg, herd } = fixture("transaction", 2, "workers = 2");
+    let out = psql(
+        herd.port,
+        "app",
+        "secret",
+        "app",
+        &[
+            "-c",
+            "LISTEN ch; NOTIFY ch, 'hello'; DO $$ BEGIN RAISE NOTICE 'note to client'; END $$",
+        ],
+    );
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stdout.contains("notification \"ch\" with payload \"hello\""),
+        "{stdout}"
+    );
+    assert!(stderr.contains("note to client"), "{stderr}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn empty_queries_and_suspended_portals_pass_through() {
+    let Fixture { pg: _pg, herd } = fixture("transaction", 2, "workers = 2");
+    let mut c = connect(herd.port, "app", "secret", "app").await;
+    let empty = c
+        .simple_query("")
+        .await
+        .expect("an empty query is answered");
+    assert!(!empty
+        .iter()
+        .any(|m| matches!(m, tokio_postgres::SimpleQueryMessage::Row(_))));
+    // Inside a transaction the server stays leased, so a portal can be read in pieces (PortalSuspended).
+    let tx = c.transaction().await.unwrap();
+    let stmt = tx.prepare("SELECT generate_series(1, 10)").await.unwrap();
+    let portal = tx.bind(&stmt, &[]).await.unwrap();
+    let first = tx.query_portal(&portal, 4).await.unwrap();
+    let rest = tx.query_portal(&portal, 100).await.unwrap();
+    assert_eq!((first.len(), rest.len()), (4, 6));
+    assert_eq!(rest[5].get::<_, i32>(0), 10);
+    tx.commit().await.unwrap();
 }

@@ -266,11 +266,11 @@ impl<S, W: PartialEq, T: Ord + Copy> PoolShard<S, W, T> {
 
     /// Removes idle servers for which `expired` holds, keeping at least `keep` servers open; the caller closes
     /// them and calls [`PoolShard::closed`] for each.
-    pub fn take_expired(&mut self, keep: u32, mut expired: impl FnMut(&S) -> bool) -> Vec<S> {
+    pub fn take_expired(&mut self, keep: u32, mut expired: impl FnMut(&mut S) -> bool) -> Vec<S> {
         let mut out = Vec::new();
         let mut i = 0;
         while i < self.idle.len() {
-            if self.open - out.len() as u32 > keep && expired(&self.idle[i]) {
+            if self.open - out.len() as u32 > keep && expired(&mut self.idle[i]) {
                 out.push(self.idle.remove(i));
             } else {
                 i += 1;

@@ -7,7 +7,10 @@ use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::time::Instant;
 
-use futures_lite::{AsyncReadExt, AsyncWriteExt};
+use std::pin::Pin;
+use std::task::{Context, Poll, Waker};
+
+use futures_lite::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use glommio::net::TcpStream;
 
 use crate::proto::frame::{Flow, Scanner};
@@ -42,19 +45,16 @@ pub struct Transfer {
 
 impl Server {
     /// True unless the server closed or sent something while idle (a FATAL from pg_terminate_backend or a
-    /// shutdown). One non-blocking peek: cheaper than a query, and it catches what a dead backend leaves.
-    pub fn is_alive(&self) -> bool {
-        let mut byte = 0u8;
-        // SAFETY: a valid fd and a one-byte buffer that outlives the call.
-        let n = unsafe {
-            libc::recv(
-                self.stream.as_raw_fd(),
-                (&mut byte as *mut u8).cast(),
-                1,
-                libc::MSG_PEEK | libc::MSG_DONTWAIT,
-            )
-        };
-        n < 0 && std::io::Error::last_os_error().kind() == std::io::ErrorKind::WouldBlock
+    /// shutdown). glommio keeps a readiness poll armed on a socket after a read that did not fill the buffer,
+    /// so in the common case this asks that poll and makes no system call; otherwise one non-blocking read.
+    /// Any byte from an idle server means it is going away, so consuming it does no harm.
+    pub fn is_alive(&mut self) -> bool {
+        let mut cx = Context::from_waker(Waker::noop());
+        let mut byte = [0u8; 1];
+        matches!(
+            Pin::new(&mut self.stream).poll_read(&mut cx, &mut byte),
+            Poll::Pending
+        )
     }
 
     pub fn into_transfer(self) -> std::io::Result<Transfer> {

@@ -14,13 +14,16 @@ use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use glommio::channels::channel_mesh::Senders;
 
 use crate::config::Config;
 use crate::net::buffer::BufferPool;
 use crate::session::cancel::Registry;
+
+/// The ParameterStatus (name, value) pairs a server reported at login.
+pub type ServerParams = Arc<[(String, String)]>;
 
 /// What all shards see.
 pub struct Shared {
@@ -29,6 +32,9 @@ pub struct Shared {
     clients: AtomicU32,
     per_database: Vec<AtomicU32>,
     per_user: Vec<AtomicU32>,
+    /// Each pool's ParameterStatus set, learnt from its first server on any shard and told to every client at
+    /// login, so a client never waits for a server just to log in. Set once, read without locking.
+    params: Vec<OnceLock<ServerParams>>,
 }
 
 impl Shared {
@@ -39,8 +45,26 @@ impl Shared {
             clients: AtomicU32::new(0),
             per_database: counters(config.databases.len()),
             per_user: counters(config.users.len()),
+            params: (0..config.databases.len() * config.users.len())
+                .map(|_| OnceLock::new())
+                .collect(),
             config,
         }
+    }
+
+    fn pool_index(&self, key: PoolKey) -> usize {
+        key.db as usize * self.config.users.len() + key.user as usize
+    }
+
+    pub fn params(&self, key: PoolKey) -> Option<ServerParams> {
+        self.params[self.pool_index(key)].get().cloned()
+    }
+
+    /// Records what a server of `key` reported, unless an earlier server already did; returns the record.
+    pub fn learn_params(&self, key: PoolKey, params: &[(String, String)]) -> ServerParams {
+        self.params[self.pool_index(key)]
+            .get_or_init(|| params.into())
+            .clone()
     }
 
     /// Counts a client against `max_client_conn` and its database's and user's limits; `None` if one is full.

@@ -63,8 +63,6 @@ impl Future for &GrantSlot {
 pub(super) struct Pool {
     core: PoolShard<Box<Server>, u64, Instant>,
     waiting: HashMap<u64, Rc<GrantSlot>>,
-    /// ParameterStatus set of this pool's servers, reported to clients at login.
-    params: Option<Rc<[(String, String)]>>,
     /// Server connection attempts wait until then after failures.
     retry_at: Instant,
     retry_delay: Duration,
@@ -103,7 +101,6 @@ impl Shard {
                 self.id,
             ),
             waiting: HashMap::new(),
-            params: None,
             retry_at: Instant::now(),
             retry_delay: Duration::ZERO,
         });
@@ -144,8 +141,10 @@ impl Shard {
                 }
             };
             match grant {
-                Grant::Server(server) if server.is_alive() => return Ok(server),
-                Grant::Server(_) => {
+                Grant::Server(mut server) => {
+                    if server.is_alive() {
+                        return Ok(server);
+                    }
                     debug!("closing a server that died while idle");
                     self.server_gone(key);
                 }
@@ -190,8 +189,8 @@ impl Shard {
                         );
                     }
                     p.retry_delay = Duration::ZERO;
-                    p.params.get_or_insert_with(|| server.params.clone().into());
                 });
+                self.shared.learn_params(key, &server.params);
                 Ok(Box::new(server))
             }
             Err(e) => {
@@ -217,15 +216,12 @@ impl Shard {
         &self,
         key: PoolKey,
         deadline: Instant,
-    ) -> Result<Rc<[(String, String)]>, AcquireError> {
-        if let Some(params) = self.pool(key, |p| p.params.clone()) {
+    ) -> Result<super::ServerParams, AcquireError> {
+        if let Some(params) = self.shared.params(key) {
             return Ok(params);
         }
         let server = self.acquire(key, deadline).await?;
-        let params: Rc<[(String, String)]> = server.params.clone().into();
-        self.pool(key, |p| {
-            p.params.get_or_insert_with(|| params.clone()).clone()
-        });
+        let params = self.shared.learn_params(key, &server.params);
         self.release(key, server);
         Ok(params)
     }
