@@ -471,3 +471,29 @@ fn gssenc_request_is_refused_and_login_goes_on() {
         "authentication follows on the same connection"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_that_dies_under_a_query_is_reported_with_its_sqlstate() {
+    let Fixture { pg, herd } = fixture("transaction", 2, "workers = 2");
+    let c = connect(herd.port, "app", "secret", "app").await;
+    let running = tokio::spawn(async move { c.batch_execute("SELECT pg_sleep(30)").await });
+    let active =
+        "SELECT pid FROM pg_stat_activity WHERE query = 'SELECT pg_sleep(30)' AND state = 'active'";
+    wait_until(Duration::from_secs(10), "the query runs", || {
+        !pg.sql(active).is_empty()
+    });
+    pg.sql(&format!("SELECT pg_terminate_backend({})", pg.sql(active)));
+    let err = tokio::time::timeout(Duration::from_secs(5), running)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap_err();
+    let code = err.code().map(|c| c.code().to_owned());
+    assert!(
+        matches!(code.as_deref(), Some("57P01" | "08006")),
+        "{err:?}"
+    );
+    // Others are not affected.
+    let d = connect(herd.port, "app", "secret", "app").await;
+    d.batch_execute("SELECT 1").await.unwrap();
+}

@@ -451,3 +451,31 @@ async fn empty_queries_and_suspended_portals_pass_through() {
     assert_eq!(rest[5].get::<_, i32>(0), 10);
     tx.commit().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rows_reach_the_client_as_they_arrive() {
+    use futures_util::StreamExt;
+    let Fixture { pg: _pg, herd } = fixture("transaction", 2, "workers = 2");
+    let c = connect(herd.port, "app", "secret", "app").await;
+    // Two 100 kB rows (PostgreSQL flushes them at once), then a row that takes 2 s to compute.
+    let sql = "SELECT repeat('x', 100000) FROM generate_series(1, 3) g WHERE g < 3 OR pg_sleep(2) IS NOT NULL";
+    let started = std::time::Instant::now();
+    let rows = c
+        .query_typed_raw(sql, Vec::<(i32, Type)>::new())
+        .await
+        .unwrap();
+    futures_util::pin_mut!(rows);
+    rows.next().await.unwrap().unwrap();
+    let first = started.elapsed();
+    let mut count = 1;
+    while let Some(row) = rows.next().await {
+        row.unwrap();
+        count += 1;
+    }
+    assert_eq!(count, 3);
+    assert!(started.elapsed() >= Duration::from_secs(2));
+    assert!(
+        first < Duration::from_millis(1500),
+        "the first row came only after {first:?}"
+    );
+}
