@@ -241,8 +241,11 @@ pub enum ServerPassword {
     Plain(String),
     /// Enough for md5 authentication, not for SCRAM or cleartext.
     Md5(String),
-    /// A SCRAM verifier cannot log in anywhere by itself.
-    None,
+    /// A SCRAM verifier: PostgreSQL holding the same verifier accepts the ClientKey that a client proves when it
+    /// logs in to pgherd with SCRAM (PgBouncer's pass-through), so operators need not write plaintext passwords.
+    ScramPassThrough {
+        server_key: [u8; 32],
+    },
 }
 
 impl Config {
@@ -382,9 +385,12 @@ fn derive_secrets(
 ) -> Result<(ClientAuth, ServerPassword), String> {
     if password.starts_with("SCRAM-SHA-256$") {
         let secret = scram::Secret::parse(password).ok_or("malformed SCRAM-SHA-256 verifier")?;
+        let server = ServerPassword::ScramPassThrough {
+            server_key: secret.server_key,
+        };
         return match auth {
-            AuthType::ScramSha256 => Ok((ClientAuth::Scram(secret), ServerPassword::None)),
-            AuthType::Trust => Ok((ClientAuth::Trust, ServerPassword::None)),
+            AuthType::ScramSha256 => Ok((ClientAuth::Scram(secret), server)),
+            AuthType::Trust => Ok((ClientAuth::Trust, server)),
             AuthType::Md5 => Err("a SCRAM verifier cannot check md5 logins".into()),
         };
     }

@@ -497,3 +497,39 @@ async fn a_server_that_dies_under_a_query_is_reported_with_its_sqlstate() {
     let d = connect(herd.port, "app", "secret", "app").await;
     d.batch_execute("SELECT 1").await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_verifier_only_user_logs_in_to_postgres_with_the_clients_proof() {
+    // PostgreSQL asks app for SCRAM; pgherd's entry for app holds only PostgreSQL's own verifier.
+    let Fixture { pg, herd } = fixture("transaction", 2, "workers = 2");
+    let verifier = verifier_of(&pg, "app");
+    let config = std::fs::read_to_string(&herd.config_path).unwrap();
+    drop(herd);
+    let body = config
+        .lines()
+        .filter(|l| !l.starts_with("listen"))
+        .collect::<Vec<_>>()
+        .join("\n");
+    let body = body.replacen(
+        "password = \"secret\"",
+        &format!("password = \"{verifier}\""),
+        1,
+    );
+    assert!(body.contains("SCRAM-SHA-256$"));
+    let herd = common::Pgherd::start(&body);
+    let clients =
+        futures_util::future::join_all((0..4).map(|_| connect(herd.port, "app", "secret", "app")))
+            .await;
+    for c in &clients {
+        let who: String = c
+            .query_typed_one("SELECT current_user::text", &[])
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(who, "app");
+    }
+    let err = try_connect(herd.port, "app", "not-it", "app")
+        .await
+        .expect_err("wrong password accepted");
+    assert_eq!(err.code().map(|c| c.code()), Some("28P01"));
+}

@@ -72,9 +72,15 @@ pub fn resolve(db: &Database) -> std::io::Result<SocketAddr> {
         })
 }
 
-/// Connects and logs in within `limit`.
-pub async fn connect(db: &Database, user: &User, limit: Duration) -> Result<Server, ConnectError> {
-    let attempt = async { Ok(login(db, user, limit).await) };
+/// Connects and logs in within `limit`. `client_key` is the SCRAM ClientKey a client of this user proved, for
+/// users configured with a verifier only.
+pub async fn connect(
+    db: &Database,
+    user: &User,
+    client_key: Option<[u8; 32]>,
+    limit: Duration,
+) -> Result<Server, ConnectError> {
+    let attempt = async { Ok(login(db, user, client_key, limit).await) };
     match glommio::timer::timeout(limit, attempt).await {
         Ok(result) => result,
         Err(_) => Err(ConnectError::Io(std::io::Error::new(
@@ -84,7 +90,12 @@ pub async fn connect(db: &Database, user: &User, limit: Duration) -> Result<Serv
     }
 }
 
-async fn login(db: &Database, user: &User, limit: Duration) -> Result<Server, ConnectError> {
+async fn login(
+    db: &Database,
+    user: &User,
+    client_key: Option<[u8; 32]>,
+    limit: Duration,
+) -> Result<Server, ConnectError> {
     let addr = resolve(db)?;
     let mut stream = TcpStream::connect_timeout(addr, limit)
         .await
@@ -118,7 +129,7 @@ async fn login(db: &Database, user: &User, limit: Duration) -> Result<Server, Co
             b'R' => {
                 let request = AuthRequest::parse(&body)
                     .ok_or_else(|| unsupported("malformed authentication"))?;
-                answer(request, user, &mut scram, &mut out)?;
+                answer(request, user, client_key, &mut scram, &mut out)?;
                 if !out.is_empty() {
                     stream.write_all(&out).await?;
                 }
@@ -160,6 +171,7 @@ async fn login(db: &Database, user: &User, limit: Duration) -> Result<Server, Co
 fn answer(
     request: AuthRequest<'_>,
     user: &User,
+    client_key: Option<[u8; 32]>,
     scram: &mut Option<scram::ClientExchange>,
     out: &mut Vec<u8>,
 ) -> Result<(), ConnectError> {
@@ -183,7 +195,7 @@ fn answer(
             let stored = match &user.server_password {
                 ServerPassword::Plain(p) => md5::stored_hash(&user.name, p),
                 ServerPassword::Md5(hash) => hash.clone(),
-                ServerPassword::None => return Err(no_password("md5")),
+                ServerPassword::ScramPassThrough { .. } => return Err(no_password("md5")),
             };
             encode::password(out, &md5::client_response(&stored, salt));
         }
@@ -193,8 +205,20 @@ fn answer(
                     "server offers only SASL {mechanisms:?}"
                 )));
             }
-            let exchange =
-                scram::ClientExchange::new(plain.ok_or_else(|| no_password("SCRAM-SHA-256"))?);
+            let exchange = match (&user.server_password, client_key) {
+                (ServerPassword::Plain(password), _) => scram::ClientExchange::new(password),
+                (ServerPassword::ScramPassThrough { server_key }, Some(client_key)) => {
+                    scram::ClientExchange::from_keys(client_key, *server_key)
+                }
+                (ServerPassword::ScramPassThrough { .. }, None) => {
+                    return Err(unsupported(format!(
+                        "user \"{}\" is configured with a SCRAM verifier only: pgherd can log in to PostgreSQL \
+                         once a client of this user has logged in with SCRAM",
+                        user.name
+                    )))
+                }
+                _ => return Err(no_password("SCRAM-SHA-256")),
+            };
             encode::sasl_initial_response(out, scram::MECHANISM, &exchange.client_first());
             *scram = Some(exchange);
         }

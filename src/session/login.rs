@@ -10,7 +10,7 @@ use glommio::net::TcpStream;
 
 use super::Fatal;
 use crate::auth::{md5, scram};
-use crate::config::ClientAuth;
+use crate::config::{ClientAuth, ServerPassword};
 use crate::proto::message::{self, Startup};
 use crate::proto::{encode, frame, sqlstate, MAX_LOGIN_MESSAGE_LEN};
 use crate::shard::{AcquireError, Admission, PoolKey, Shard};
@@ -147,7 +147,7 @@ pub async fn login(
         ));
     };
 
-    authenticate(
+    let proved = authenticate(
         &config.users[user].client_auth,
         user_name,
         stream,
@@ -155,6 +155,11 @@ pub async fn login(
         &mut out,
     )
     .await?;
+    if let (Some(client_key), ServerPassword::ScramPassThrough { .. }) =
+        (proved, &config.users[user].server_password)
+    {
+        shard.shared.learn_client_key(user, client_key);
+    }
 
     let key = PoolKey {
         db: db as u32,
@@ -184,22 +189,23 @@ fn wrong_password(user: &str) -> Fatal {
     )
 }
 
+/// Checks the client's proof; for SCRAM, returns the ClientKey it proved.
 async fn authenticate(
     auth: &ClientAuth,
     user: &str,
     stream: &mut TcpStream,
     inbox: &mut Inbox,
     out: &mut Vec<u8>,
-) -> Result<(), Fatal> {
+) -> Result<Option<[u8; 32]>, Fatal> {
     match auth {
-        ClientAuth::Trust => Ok(()),
+        ClientAuth::Trust => Ok(None),
         ClientAuth::Md5(stored) => {
             let salt = super::cancel::random_u32().to_ne_bytes();
             encode::auth_md5(out, salt);
             send(stream, out).await?;
             let response = inbox.password_message(stream).await?;
             if md5::verify(stored, salt, &response) {
-                Ok(())
+                Ok(None)
             } else {
                 Err(wrong_password(user))
             }
@@ -222,11 +228,11 @@ async fn authenticate(
             encode::auth_sasl_continue(out, &server_first);
             send(stream, out).await?;
             let last = inbox.password_message(stream).await?;
-            let (server_final, _client_key) = exchange
+            let (server_final, client_key) = exchange
                 .client_final(&last)
                 .map_err(|e| scram_error(e, user))?;
             encode::auth_sasl_final(out, &server_final);
-            Ok(())
+            Ok(Some(client_key))
         }
     }
 }

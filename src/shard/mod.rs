@@ -35,6 +35,9 @@ pub struct Shared {
     /// Each pool's ParameterStatus set, learnt from its first server on any shard and told to every client at
     /// login, so a client never waits for a server just to log in. Set once, read without locking.
     params: Vec<OnceLock<ServerParams>>,
+    /// Per user configured with a SCRAM verifier only: the ClientKey its clients proved, to log in to PostgreSQL.
+    /// Every client of a user proves the same key, so the first one is kept.
+    client_keys: Vec<OnceLock<[u8; 32]>>,
 }
 
 impl Shared {
@@ -45,6 +48,7 @@ impl Shared {
             clients: AtomicU32::new(0),
             per_database: counters(config.databases.len()),
             per_user: counters(config.users.len()),
+            client_keys: (0..config.users.len()).map(|_| OnceLock::new()).collect(),
             params: (0..config.databases.len() * config.users.len())
                 .map(|_| OnceLock::new())
                 .collect(),
@@ -65,6 +69,14 @@ impl Shared {
         self.params[self.pool_index(key)]
             .get_or_init(|| params.into())
             .clone()
+    }
+
+    pub fn client_key(&self, user: usize) -> Option<[u8; 32]> {
+        self.client_keys[user].get().copied()
+    }
+
+    pub fn learn_client_key(&self, user: usize, key: [u8; 32]) {
+        let _ = self.client_keys[user].set(key);
     }
 
     /// Counts a client against `max_client_conn` and its database's and user's limits; `None` if one is full.

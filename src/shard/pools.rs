@@ -179,7 +179,8 @@ impl Shard {
             &config.databases[key.db as usize],
             &config.users[key.user as usize],
         );
-        match connect::connect(db, user, config.server_connect_timeout).await {
+        let client_key = self.shared.client_key(key.user as usize);
+        match connect::connect(db, user, client_key, config.server_connect_timeout).await {
             Ok(server) => {
                 self.pool(key, |p| {
                     if !p.retry_delay.is_zero() {
