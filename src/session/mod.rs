@@ -58,6 +58,16 @@ impl Fatal {
     }
 }
 
+impl std::fmt::Display for Fatal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Fatal::Gone => f.write_str("client went away"),
+            Fatal::Error { code, message } => write!(f, "{code} {message}"),
+            Fatal::Server(e) => write!(f, "{} {} (from PostgreSQL)", e.code, e.message),
+        }
+    }
+}
+
 /// Last words to a client get this long: a client that does not read must not hold its task.
 const FAREWELL_TIMEOUT: Duration = Duration::from_secs(1);
 
@@ -80,7 +90,7 @@ pub async fn serve(shard: Rc<Shard>, mut stream: TcpStream, peer: SocketAddr) {
         Some(Ok(login::Outcome::Cancelled)) => return,
         Some(Err(fatal)) => {
             if !matches!(fatal, Fatal::Gone) {
-                info!("client {peer}: login failed: {fatal:?}");
+                info!("client {peer}: login failed: {fatal}");
             }
             return say_fatal(&mut stream, &fatal).await;
         }

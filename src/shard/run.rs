@@ -56,6 +56,16 @@ pub fn start(config: Config) -> std::io::Result<()> {
         config.databases.len(),
         config.users.len()
     );
+    info!(
+        "timeouts: client_login {:?}, query_wait {:?}, server_connect {:?}, server_idle {:?}, server_lifetime {:?}, \
+         shutdown {:?}",
+        config.client_login_timeout,
+        config.query_wait_timeout,
+        config.server_connect_timeout,
+        config.server_idle_timeout,
+        config.server_lifetime,
+        config.shutdown_timeout
+    );
     for db in &config.databases {
         info!(
             "database {}: {}:{}/{} pool_size {} min_pool_size {} pool_mode {:?}",
