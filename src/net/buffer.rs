@@ -5,7 +5,7 @@ use std::cell::RefCell;
 
 /// Bytes of one buffer. Large enough that a select-only round trip is one read and one write per side, small
 /// enough that a 32 MB row streams through in pieces.
-pub const BUFFER_SIZE: usize = 32 * 1024;
+pub const BUFFER_SIZE: usize = 64 * 1024;
 
 /// A buffer with three cursors, as in PgBouncer's iobuf: `[start, scanned)` is framed and ready to send,
 /// `[scanned, end)` has been received but not framed yet (a partial header or a message read whole).

@@ -83,8 +83,9 @@ impl Scanner {
     }
 
     /// Scans `buf`, which starts where the previous call stopped. `on` sees each message start with its tag and,
-    /// when `read_whole(tag)`, its whole body (the scan pauses until that body is in `buf`; such bodies must fit
-    /// in `max_whole`). Returns how many bytes of `buf` are scanned and may be forwarded.
+    /// when `read_whole(tag)` and the body fits in `max_whole`, the whole body (the scan pauses until it is in
+    /// `buf`); a longer one streams and `on` gets `None`. Returns how many bytes of `buf` are scanned and may be
+    /// forwarded.
     pub fn scan(
         &mut self,
         buf: &[u8],
@@ -108,10 +109,10 @@ impl Scanner {
                 return Ok(pos);
             }
             let (tag, len) = (rest[0], be_u32(&rest[1..5]));
-            let whole = read_whole(tag);
-            if len < 4 || len > max_len || (whole && len > max_whole) {
+            if len < 4 || len > max_len {
                 return Err(FrameError::BadLength { tag, len });
             }
+            let whole = read_whole(tag) && len - 4 <= max_whole;
             let body = if whole {
                 match rest.get(5..1 + len) {
                     Some(body) => Some(body),
@@ -221,11 +222,22 @@ mod tests {
         assert!(scanner
             .scan(&huge, MAX, 64, |_| false, |_, _| Flow::Pass)
             .is_err());
-        // A message read whole must fit its bound.
+        // A message too long to read whole streams instead, without its body.
         let long_status = msg(b'Z', &[b'I'; 100]);
-        assert!(scanner
-            .scan(&long_status, MAX, 64, |t| t == b'Z', |_, _| Flow::Pass)
-            .is_err());
+        let mut bodies = Vec::new();
+        let n = Scanner::default()
+            .scan(
+                &long_status,
+                MAX,
+                64,
+                |t| t == b'Z',
+                |_, body| {
+                    bodies.push(body.is_some());
+                    Flow::Pass
+                },
+            )
+            .unwrap();
+        assert_eq!((n, bodies), (long_status.len(), vec![false]));
     }
 
     #[test]

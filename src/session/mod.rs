@@ -3,6 +3,7 @@
 
 pub mod cancel;
 mod login;
+mod pinning;
 mod relay;
 pub mod state;
 

@@ -11,9 +11,11 @@ use std::time::{Duration, Instant};
 use futures_lite::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use glommio::net::TcpStream;
 
+use super::pinning::{self, Pins};
 use super::state::{ClientMessage, Tracker};
 use super::Fatal;
 use crate::config::PoolMode;
+use crate::info;
 use crate::net::buffer::{BufferPool, IoBuf};
 use crate::proto::frame::{Flow, Scanner};
 use crate::proto::{sqlstate, MAX_MESSAGE_LEN};
@@ -23,6 +25,10 @@ use crate::shard::{AcquireError, PoolKey, Shard};
 /// Server messages read whole (ReadyForQuery, ParameterStatus) are far below this; it bounds the buffer a
 /// hostile server could make us hold.
 const MAX_WHOLE_SERVER_MESSAGE: usize = 8 * 1024;
+
+/// Query and Parse messages up to this size are read whole and scanned for session state; longer SQL pins the
+/// client (see `pinning`). Below the buffer size, so such a message always fits.
+const MAX_SCANNED_SQL: usize = 48 * 1024;
 
 /// Time allowed for cleaning a server after its client left (ROLLBACK, reset query, cancel).
 const CLEANUP_TIMEOUT: Duration = Duration::from_secs(5);
@@ -38,6 +44,8 @@ pub struct Relay<'a> {
     from_client: Scanner,
     from_server: Scanner,
     tx: Tracker,
+    /// Session state the server holds for this client (see `pinning`): while any, the client keeps its server.
+    pins: Pins,
     /// The client sent Terminate: forward what came before it, then finish.
     terminated: bool,
     /// Tag of the last message from the server, to know whether it explained its own exit.
@@ -65,6 +73,7 @@ impl<'a> Relay<'a> {
             from_client: Scanner::default(),
             from_server: Scanner::default(),
             tx: Tracker::default(),
+            pins: Pins::default(),
             terminated: false,
             last_server_tag: 0,
         }
@@ -129,17 +138,24 @@ impl<'a> Relay<'a> {
 
     async fn client_sent(&mut self) -> Result<(), Fatal> {
         let buf = self.c2s.as_mut().expect("a client read fills c2s");
-        let tx = &mut self.tx;
+        let (tx, pins) = (&mut self.tx, &mut self.pins);
+        let was_pinned = *pins;
         let mut verdict = ClientMessage::Forward;
         let n = self
             .from_client
             .scan(
                 buf.unscanned(),
                 MAX_MESSAGE_LEN,
-                0,
-                |_| false,
-                |tag, _| match tx.client(tag) {
-                    ClientMessage::Forward => Flow::Pass,
+                MAX_SCANNED_SQL,
+                |tag| tag == b'Q' || tag == b'P',
+                |tag, body| match tx.client(tag) {
+                    ClientMessage::Forward => {
+                        let effects = pinning::message_effects(tag, body);
+                        // Clears first, then creates: "DISCARD ALL; LISTEN x" leaves the client pinned.
+                        pins.remove(effects.clears);
+                        pins.insert(effects.creates);
+                        Flow::Pass
+                    }
                     other => {
                         verdict = other;
                         Flow::Stop
@@ -148,6 +164,13 @@ impl<'a> Relay<'a> {
             )
             .map_err(|e| Fatal::protocol(e.to_string()))?;
         buf.scanned(n);
+        if self.pins != was_pinned && self.mode == PoolMode::Transaction {
+            if was_pinned.is_empty() {
+                info!("client pid {} keeps its server: {}", self.pid, self.pins);
+            } else if self.pins.is_empty() {
+                info!("client pid {} returns to pooling", self.pid);
+            }
+        }
         match verdict {
             ClientMessage::Forward => {}
             ClientMessage::Terminate => self.terminated = true,
@@ -229,7 +252,7 @@ impl<'a> Relay<'a> {
     fn release_if_done(&mut self) {
         let server_quiet = self.from_server.at_boundary()
             && self.s2c.as_ref().is_none_or(|b| b.unscanned().is_empty());
-        if self.tx.idle() && server_quiet {
+        if self.tx.idle() && server_quiet && self.pins.is_empty() {
             if let Some(server) = self.server.take() {
                 self.shard.clients.set_server(self.pid, None);
                 self.shard.release(self.key, server);
@@ -276,13 +299,16 @@ impl<'a> Relay<'a> {
         let server_quiet = self.from_server.at_boundary()
             && self.s2c.as_ref().is_none_or(|b| b.unscanned().is_empty());
         let clean = self.client_quiet() && server_quiet && self.tx.settled();
-        if clean {
-            let config = self.shard.config();
+        if clean && !self.pins.contains(Pins::PERMANENT) {
+            let reset = match self.mode {
+                PoolMode::Session => self.shard.config().server_reset_query.as_str(),
+                // State a pinned client left on its server must not reach the next client.
+                _ if !self.pins.is_empty() => "DISCARD ALL",
+                _ => "",
+            };
             let mut ok = !self.tx.in_transaction() || server.run("ROLLBACK", CLEANUP_TIMEOUT).await;
-            if ok && self.mode == PoolMode::Session && !config.server_reset_query.is_empty() {
-                ok = server
-                    .run(&config.server_reset_query, CLEANUP_TIMEOUT)
-                    .await;
+            if ok && !reset.is_empty() {
+                ok = server.run(reset, CLEANUP_TIMEOUT).await;
             }
             if ok {
                 return self.shard.release(self.key, server);

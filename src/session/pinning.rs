@@ -1,0 +1,401 @@
+//! Session state that cannot move between servers, found by a cheap lexical scan of the SQL a client sends (not
+//! a parser). A client that creates such state keeps its server ("pinned") until the state is gone, then returns
+//! to pooling. A missed detection breaks a user and a false one only costs a pooled server, so every doubt pins.
+
+use std::fmt;
+
+/// Kinds of session state, as bits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Pins(u16);
+
+impl Pins {
+    pub const LISTEN: Pins = Pins(1);
+    pub const PREPARED: Pins = Pins(1 << 1);
+    pub const HOLD_CURSOR: Pins = Pins(1 << 2);
+    pub const TEMP_OBJECT: Pins = Pins(1 << 3);
+    pub const ADVISORY_LOCK: Pins = Pins(1 << 4);
+    pub const SETTING: Pins = Pins(1 << 5);
+    /// LOAD, and SQL too long to scan: nothing but the end of the session undoes them.
+    pub const PERMANENT: Pins = Pins(1 << 6);
+    pub const ALL: Pins = Pins(u16::MAX);
+
+    pub fn is_empty(self) -> bool {
+        self.0 == 0
+    }
+
+    pub fn contains(self, other: Pins) -> bool {
+        self.0 & other.0 == other.0
+    }
+
+    pub fn insert(&mut self, other: Pins) {
+        self.0 |= other.0;
+    }
+
+    /// Clears `other`, except what only the end of the session clears.
+    pub fn remove(&mut self, other: Pins) {
+        self.0 &= !(other.0 & !Pins::PERMANENT.0);
+    }
+}
+
+impl fmt::Display for Pins {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let names = [
+            (Pins::LISTEN, "LISTEN"),
+            (Pins::PREPARED, "prepared statement"),
+            (Pins::HOLD_CURSOR, "WITH HOLD cursor"),
+            (Pins::TEMP_OBJECT, "temporary object"),
+            (Pins::ADVISORY_LOCK, "session advisory lock"),
+            (Pins::SETTING, "SET"),
+            (Pins::PERMANENT, "LOAD or unscannable SQL"),
+        ];
+        let mut first = true;
+        for (pin, name) in names {
+            if self.0 & pin.0 != 0 {
+                f.write_str(if first { "" } else { ", " })?;
+                f.write_str(name)?;
+                first = false;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// What one piece of SQL does to session state: what it may create and what it clears.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Effects {
+    pub creates: Pins,
+    pub clears: Pins,
+}
+
+/// What a client message does to session state: SQL in a Query or Parse, and a named prepared statement. SQL
+/// too long to have been read whole (`body` is `None`) cannot be scanned, which pins for good.
+pub fn message_effects(tag: u8, body: Option<&[u8]>) -> Effects {
+    let mut fields = body.map(|b| b.split(|&c| c == 0));
+    let mut next = || fields.as_mut().and_then(Iterator::next);
+    let (named, sql) = match tag {
+        b'Q' => (false, next()),
+        b'P' => (next().is_some_and(|name| !name.is_empty()), next()),
+        _ => return Effects::default(),
+    };
+    let Some(sql) = sql else {
+        return Effects {
+            creates: Pins::PERMANENT,
+            clears: Pins::default(),
+        };
+    };
+    let mut effects = scan(&String::from_utf8_lossy(sql));
+    if named {
+        effects.creates.insert(Pins::PREPARED);
+    }
+    effects
+}
+
+/// Scans SQL text (one or more statements) for session state it creates or clears.
+pub fn scan(sql: &str) -> Effects {
+    let mut effects = Effects::default();
+    for statement in Statements::new(sql.as_bytes()) {
+        let word = |i: usize| statement.words.get(i).copied().unwrap_or("");
+        let is = |i: usize, keyword: &str| word(i).eq_ignore_ascii_case(keyword);
+        if is(0, "LISTEN") {
+            effects.creates.insert(Pins::LISTEN);
+        } else if is(0, "UNLISTEN") && is(1, "*") {
+            effects.clears.insert(Pins::LISTEN);
+        } else if is(0, "PREPARE") && !is(1, "TRANSACTION") {
+            effects.creates.insert(Pins::PREPARED);
+        } else if is(0, "DEALLOCATE") && (is(1, "ALL") || (is(1, "PREPARE") && is(2, "ALL"))) {
+            effects.clears.insert(Pins::PREPARED);
+        } else if is(0, "DECLARE") && statement.has_words(&["WITH", "HOLD"]) {
+            effects.creates.insert(Pins::HOLD_CURSOR);
+        } else if is(0, "CLOSE") && is(1, "ALL") {
+            effects.clears.insert(Pins::HOLD_CURSOR);
+        } else if is(0, "CREATE")
+            && creates_temp(&statement.words)
+            && !statement.has_words(&["ON", "COMMIT", "DROP"])
+        {
+            effects.creates.insert(Pins::TEMP_OBJECT);
+        } else if is(0, "SET") && !is(1, "LOCAL") && !is(1, "TRANSACTION") {
+            effects.creates.insert(Pins::SETTING);
+        } else if is(0, "RESET") && is(1, "ALL") {
+            effects.clears.insert(Pins::SETTING);
+        } else if is(0, "LOAD") {
+            effects.creates.insert(Pins::PERMANENT);
+        } else if is(0, "DISCARD") && is(1, "ALL") {
+            effects.clears.insert(Pins::ALL);
+        } else if is(0, "DISCARD") && (is(1, "TEMP") || is(1, "TEMPORARY")) {
+            effects.clears.insert(Pins::TEMP_OBJECT);
+        }
+        for call in &statement.calls {
+            let called = |name: &str| call.eq_ignore_ascii_case(name);
+            if called("pg_advisory_lock")
+                || called("pg_advisory_lock_shared")
+                || called("pg_try_advisory_lock")
+                || called("pg_try_advisory_lock_shared")
+            {
+                effects.creates.insert(Pins::ADVISORY_LOCK);
+            } else if called("pg_advisory_unlock_all") {
+                effects.clears.insert(Pins::ADVISORY_LOCK);
+            } else if called("set_config") {
+                // set_config(name, value, false) is a SET; telling `false` from `true` needs a parser.
+                effects.creates.insert(Pins::SETTING);
+            }
+        }
+    }
+    effects
+}
+
+/// CREATE [GLOBAL | LOCAL] { TEMP | TEMPORARY } ..., or CREATE ... in the pg_temp schema.
+fn creates_temp(words: &[&str]) -> bool {
+    let after = match words.get(1) {
+        Some(w) if w.eq_ignore_ascii_case("GLOBAL") || w.eq_ignore_ascii_case("LOCAL") => 2,
+        _ => 1,
+    };
+    let temp = words
+        .get(after)
+        .is_some_and(|w| w.eq_ignore_ascii_case("TEMP") || w.eq_ignore_ascii_case("TEMPORARY"));
+    temp || words
+        .iter()
+        .any(|w| w.len() >= 7 && w[..7].eq_ignore_ascii_case("pg_temp"))
+}
+
+/// One statement's keywords (unquoted words, in order) and the names of functions it calls.
+#[derive(Debug, Default)]
+struct Statement<'a> {
+    words: Vec<&'a str>,
+    calls: Vec<&'a str>,
+}
+
+impl Statement<'_> {
+    fn has_words(&self, run: &[&str]) -> bool {
+        self.words
+            .windows(run.len())
+            .any(|w| w.iter().zip(run).all(|(a, b)| a.eq_ignore_ascii_case(b)))
+    }
+}
+
+/// Splits SQL into statements at semicolons outside quotes, comments and dollar quotes, collecting words.
+struct Statements<'a> {
+    sql: &'a [u8],
+    pos: usize,
+}
+
+impl<'a> Statements<'a> {
+    fn new(sql: &'a [u8]) -> Self {
+        Statements { sql, pos: 0 }
+    }
+
+    fn skip_until(&mut self, end: &[u8]) {
+        match self.sql[self.pos..]
+            .windows(end.len())
+            .position(|w| w == end)
+        {
+            Some(at) => self.pos += at + end.len(),
+            None => self.pos = self.sql.len(),
+        }
+    }
+
+    /// Skips a quoted literal or identifier; a doubled quote inside it is part of it.
+    fn skip_quoted(&mut self, quote: u8) {
+        self.pos += 1;
+        while self.pos < self.sql.len() {
+            if self.sql[self.pos] == quote {
+                if self.sql.get(self.pos + 1) == Some(&quote) {
+                    self.pos += 2;
+                    continue;
+                }
+                self.pos += 1;
+                return;
+            }
+            // Backslash escapes in E'' strings: skipping the next byte too is right for them and harmless
+            // elsewhere, since it can only make a literal end later.
+            self.pos += if self.sql[self.pos] == b'\\' && quote == b'\'' {
+                2
+            } else {
+                1
+            };
+        }
+    }
+
+    /// At a `$`: a dollar-quote tag `$tag$` opens a literal that ends at the same tag.
+    fn dollar_tag(&self) -> Option<usize> {
+        let rest = &self.sql[self.pos + 1..];
+        let len = rest
+            .iter()
+            .position(|&b| !(b.is_ascii_alphanumeric() || b == b'_'))?;
+        (rest[len] == b'$' && !rest.first().is_some_and(u8::is_ascii_digit)).then_some(len + 2)
+    }
+}
+
+impl<'a> Iterator for Statements<'a> {
+    type Item = Statement<'a>;
+
+    fn next(&mut self) -> Option<Statement<'a>> {
+        let mut statement = Statement::default();
+        let mut seen_anything = false;
+        while self.pos < self.sql.len() {
+            let b = self.sql[self.pos];
+            match b {
+                b';' => {
+                    self.pos += 1;
+                    if seen_anything {
+                        return Some(statement);
+                    }
+                }
+                b'-' if self.sql.get(self.pos + 1) == Some(&b'-') => self.skip_until(b"\n"),
+                b'/' if self.sql.get(self.pos + 1) == Some(&b'*') => {
+                    self.pos += 2;
+                    self.skip_until(b"*/");
+                }
+                b'\'' | b'"' => {
+                    seen_anything = true;
+                    self.skip_quoted(b);
+                }
+                b'$' => {
+                    seen_anything = true;
+                    match self.dollar_tag() {
+                        Some(len) => {
+                            let tag = &self.sql[self.pos..self.pos + len];
+                            self.pos += len;
+                            self.skip_until(tag);
+                        }
+                        None => self.pos += 1,
+                    }
+                }
+                b if b.is_ascii_alphabetic() || b == b'_' => {
+                    seen_anything = true;
+                    let start = self.pos;
+                    while self.pos < self.sql.len()
+                        && (self.sql[self.pos].is_ascii_alphanumeric()
+                            || matches!(self.sql[self.pos], b'_' | b'$'))
+                    {
+                        self.pos += 1;
+                    }
+                    // Keywords and function names are ASCII, so slicing at these bytes keeps valid UTF-8.
+                    let word = std::str::from_utf8(&self.sql[start..self.pos]).unwrap_or("");
+                    let rest = &self.sql[self.pos..];
+                    let next = rest.iter().find(|b| !b.is_ascii_whitespace());
+                    if next == Some(&b'(') {
+                        statement.calls.push(word);
+                    }
+                    statement.words.push(word);
+                }
+                b'*' => {
+                    seen_anything = true;
+                    statement.words.push("*");
+                    self.pos += 1;
+                }
+                _ => {
+                    seen_anything |= !b.is_ascii_whitespace();
+                    self.pos += 1;
+                }
+            }
+        }
+        seen_anything.then_some(statement)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn creates(sql: &str) -> Pins {
+        scan(sql).creates
+    }
+
+    #[test]
+    fn plain_statements_create_nothing() {
+        for sql in [
+            "SELECT 1",
+            "select * from t where x = 'LISTEN'",
+            "BEGIN; UPDATE t SET a = 1; COMMIT",
+            "SET LOCAL statement_timeout = 5",
+            "SET TRANSACTION ISOLATION LEVEL SERIALIZABLE",
+            "PREPARE TRANSACTION 'x'",
+            "CREATE TEMP TABLE t (a int) ON COMMIT DROP",
+            "SELECT pg_advisory_xact_lock(1)",
+            "-- LISTEN x\nSELECT 1",
+            "/* PREPARE p AS SELECT 1 */ SELECT 2",
+            "SELECT $$ LISTEN x; $$",
+            "SELECT $tag$ ; LISTEN x $tag$",
+            "INSERT INTO \"LISTEN\" VALUES (1)",
+            "",
+        ] {
+            assert_eq!(creates(sql), Pins::default(), "{sql}");
+        }
+    }
+
+    #[test]
+    fn session_state_is_found() {
+        let cases = [
+            ("LISTEN channel", Pins::LISTEN),
+            ("listen channel", Pins::LISTEN),
+            ("SELECT 1; LISTEN x", Pins::LISTEN),
+            ("PREPARE p (int) AS SELECT $1", Pins::PREPARED),
+            ("DECLARE c CURSOR WITH HOLD FOR SELECT 1", Pins::HOLD_CURSOR),
+            ("CREATE TEMP TABLE t (a int)", Pins::TEMP_OBJECT),
+            ("create local temporary table t (a int)", Pins::TEMP_OBJECT),
+            ("CREATE TABLE pg_temp.t (a int)", Pins::TEMP_OBJECT),
+            ("SELECT pg_advisory_lock(42)", Pins::ADVISORY_LOCK),
+            ("SELECT pg_try_advisory_lock (1, 2)", Pins::ADVISORY_LOCK),
+            ("SET search_path = app", Pins::SETTING),
+            ("SET SESSION timezone = 'UTC'", Pins::SETTING),
+            ("SELECT set_config('a.b', 'c', false)", Pins::SETTING),
+            ("LOAD 'auto_explain'", Pins::PERMANENT),
+        ];
+        for (sql, pin) in cases {
+            assert_eq!(creates(sql), pin, "{sql}");
+        }
+    }
+
+    #[test]
+    fn clearing_statements() {
+        assert_eq!(scan("DISCARD ALL").clears, Pins::ALL);
+        assert_eq!(scan("UNLISTEN *").clears, Pins::LISTEN);
+        assert_eq!(scan("UNLISTEN ch").clears, Pins::default());
+        assert_eq!(scan("DEALLOCATE ALL").clears, Pins::PREPARED);
+        assert_eq!(scan("CLOSE ALL").clears, Pins::HOLD_CURSOR);
+        assert_eq!(scan("DISCARD TEMP").clears, Pins::TEMP_OBJECT);
+        assert_eq!(
+            scan("SELECT pg_advisory_unlock_all()").clears,
+            Pins::ADVISORY_LOCK
+        );
+        assert_eq!(scan("RESET ALL").clears, Pins::SETTING);
+    }
+
+    #[test]
+    fn protocol_messages() {
+        assert_eq!(
+            message_effects(b'Q', Some(b"LISTEN x\0")).creates,
+            Pins::LISTEN
+        );
+        assert_eq!(
+            message_effects(b'P', Some(b"\0SELECT 1\0\0\0")).creates,
+            Pins::default()
+        );
+        assert_eq!(
+            message_effects(b'P', Some(b"s1\0SELECT 1\0\0\0")).creates,
+            Pins::PREPARED
+        );
+        assert_eq!(message_effects(b'Q', None).creates, Pins::PERMANENT);
+        assert_eq!(message_effects(b'B', None), Effects::default());
+    }
+
+    #[test]
+    fn only_the_session_end_clears_permanent_pins() {
+        let mut pins = Pins::default();
+        pins.insert(Pins::PERMANENT);
+        pins.insert(Pins::LISTEN);
+        pins.remove(Pins::ALL);
+        assert_eq!(pins, Pins::PERMANENT);
+        assert_eq!(pins.to_string(), "LOAD or unscannable SQL");
+    }
+
+    #[test]
+    fn quotes_and_comments_do_not_hide_or_invent_statements() {
+        assert_eq!(creates("SELECT 'it''s; LISTEN x'"), Pins::default());
+        assert_eq!(creates("SELECT E'\\'; LISTEN x'"), Pins::default());
+        assert_eq!(creates("SELECT 'a'; LISTEN x"), Pins::LISTEN);
+        assert_eq!(creates("/* unterminated LISTEN"), Pins::default());
+        assert_eq!(creates("SELECT 1 -- ; LISTEN x"), Pins::default());
+        assert_eq!(creates("SELECT $1; LISTEN x"), Pins::LISTEN);
+    }
+}
