@@ -90,12 +90,73 @@ pub fn message_effects(tag: u8, body: Option<&[u8]>) -> Effects {
     effects
 }
 
-/// Scans SQL text (one or more statements) for session state it creates or clears.
+/// Scans SQL text (one or more statements) for session state it creates or clears. One pass, no allocation:
+/// it runs on every Query and Parse.
 pub fn scan(sql: &str) -> Effects {
     let mut effects = Effects::default();
-    for statement in Statements::new(sql.as_bytes()) {
-        let word = |i: usize| statement.words.get(i).copied().unwrap_or("");
-        let is = |i: usize, keyword: &str| word(i).eq_ignore_ascii_case(keyword);
+    let mut statement = Statement::default();
+    for token in Tokens::new(sql.as_bytes()) {
+        match token {
+            Token::Semicolon => std::mem::take(&mut statement).finish(&mut effects),
+            Token::Word { text, called } => statement.word(text, called, &mut effects),
+        }
+    }
+    statement.finish(&mut effects);
+    effects
+}
+
+/// What the scan remembers of the statement it is in: its first words, the last few, and a few phrases.
+#[derive(Default)]
+struct Statement<'a> {
+    first: [&'a str; 3],
+    recent: [&'a str; 3],
+    words: usize,
+    with_hold: bool,
+    on_commit_drop: bool,
+    in_pg_temp: bool,
+}
+
+impl<'a> Statement<'a> {
+    fn word(&mut self, text: &'a str, called: bool, effects: &mut Effects) {
+        if let Some(slot) = self.first.get_mut(self.words) {
+            *slot = text;
+        }
+        self.words += 1;
+        self.recent = [self.recent[1], self.recent[2], text];
+        let is = |w: &str, k: &str| w.eq_ignore_ascii_case(k);
+        self.with_hold |= is(self.recent[1], "WITH") && is(text, "HOLD");
+        self.on_commit_drop |=
+            is(self.recent[0], "ON") && is(self.recent[1], "COMMIT") && is(text, "DROP");
+        self.in_pg_temp |= text.len() >= 7 && is(&text[..7], "pg_temp");
+        if called {
+            if [
+                "pg_advisory_lock",
+                "pg_advisory_lock_shared",
+                "pg_try_advisory_lock",
+                "pg_try_advisory_lock_shared",
+            ]
+            .iter()
+            .any(|f| is(text, f))
+            {
+                effects.creates.insert(Pins::ADVISORY_LOCK);
+            } else if is(text, "pg_advisory_unlock_all") {
+                effects.clears.insert(Pins::ADVISORY_LOCK);
+            } else if is(text, "set_config") {
+                // set_config(name, value, false) is a SET; telling `false` from `true` needs a parser.
+                effects.creates.insert(Pins::SETTING);
+            }
+        }
+    }
+
+    /// Classifies the statement by its first words once it has ended.
+    fn finish(self, effects: &mut Effects) {
+        let is = |i: usize, keyword: &str| self.first[i].eq_ignore_ascii_case(keyword);
+        let temp_at = if is(1, "GLOBAL") || is(1, "LOCAL") {
+            2
+        } else {
+            1
+        };
+        let temporary = is(temp_at, "TEMP") || is(temp_at, "TEMPORARY") || self.in_pg_temp;
         if is(0, "LISTEN") {
             effects.creates.insert(Pins::LISTEN);
         } else if is(0, "UNLISTEN") && is(1, "*") {
@@ -104,14 +165,11 @@ pub fn scan(sql: &str) -> Effects {
             effects.creates.insert(Pins::PREPARED);
         } else if is(0, "DEALLOCATE") && (is(1, "ALL") || (is(1, "PREPARE") && is(2, "ALL"))) {
             effects.clears.insert(Pins::PREPARED);
-        } else if is(0, "DECLARE") && statement.has_words(&["WITH", "HOLD"]) {
+        } else if is(0, "DECLARE") && self.with_hold {
             effects.creates.insert(Pins::HOLD_CURSOR);
         } else if is(0, "CLOSE") && is(1, "ALL") {
             effects.clears.insert(Pins::HOLD_CURSOR);
-        } else if is(0, "CREATE")
-            && creates_temp(&statement.words)
-            && !statement.has_words(&["ON", "COMMIT", "DROP"])
-        {
+        } else if is(0, "CREATE") && temporary && !self.on_commit_drop {
             effects.creates.insert(Pins::TEMP_OBJECT);
         } else if is(0, "SET") && !is(1, "LOCAL") && !is(1, "TRANSACTION") {
             effects.creates.insert(Pins::SETTING);
@@ -124,63 +182,25 @@ pub fn scan(sql: &str) -> Effects {
         } else if is(0, "DISCARD") && (is(1, "TEMP") || is(1, "TEMPORARY")) {
             effects.clears.insert(Pins::TEMP_OBJECT);
         }
-        for call in &statement.calls {
-            let called = |name: &str| call.eq_ignore_ascii_case(name);
-            if called("pg_advisory_lock")
-                || called("pg_advisory_lock_shared")
-                || called("pg_try_advisory_lock")
-                || called("pg_try_advisory_lock_shared")
-            {
-                effects.creates.insert(Pins::ADVISORY_LOCK);
-            } else if called("pg_advisory_unlock_all") {
-                effects.clears.insert(Pins::ADVISORY_LOCK);
-            } else if called("set_config") {
-                // set_config(name, value, false) is a SET; telling `false` from `true` needs a parser.
-                effects.creates.insert(Pins::SETTING);
-            }
-        }
-    }
-    effects
-}
-
-/// CREATE [GLOBAL | LOCAL] { TEMP | TEMPORARY } ..., or CREATE ... in the pg_temp schema.
-fn creates_temp(words: &[&str]) -> bool {
-    let after = match words.get(1) {
-        Some(w) if w.eq_ignore_ascii_case("GLOBAL") || w.eq_ignore_ascii_case("LOCAL") => 2,
-        _ => 1,
-    };
-    let temp = words
-        .get(after)
-        .is_some_and(|w| w.eq_ignore_ascii_case("TEMP") || w.eq_ignore_ascii_case("TEMPORARY"));
-    temp || words
-        .iter()
-        .any(|w| w.len() >= 7 && w[..7].eq_ignore_ascii_case("pg_temp"))
-}
-
-/// One statement's keywords (unquoted words, in order) and the names of functions it calls.
-#[derive(Debug, Default)]
-struct Statement<'a> {
-    words: Vec<&'a str>,
-    calls: Vec<&'a str>,
-}
-
-impl Statement<'_> {
-    fn has_words(&self, run: &[&str]) -> bool {
-        self.words
-            .windows(run.len())
-            .any(|w| w.iter().zip(run).all(|(a, b)| a.eq_ignore_ascii_case(b)))
     }
 }
 
-/// Splits SQL into statements at semicolons outside quotes, comments and dollar quotes, collecting words.
-struct Statements<'a> {
+enum Token<'a> {
+    /// A word outside quotes and comments (`*` counts as one); `called` when a `(` follows it.
+    Word { text: &'a str, called: bool },
+    /// A statement separator.
+    Semicolon,
+}
+
+/// Words and semicolons of SQL text, skipping quoted literals and identifiers, comments and dollar quotes.
+struct Tokens<'a> {
     sql: &'a [u8],
     pos: usize,
 }
 
-impl<'a> Statements<'a> {
+impl<'a> Tokens<'a> {
     fn new(sql: &'a [u8]) -> Self {
-        Statements { sql, pos: 0 }
+        Tokens { sql, pos: 0 }
     }
 
     fn skip_until(&mut self, end: &[u8]) {
@@ -215,7 +235,7 @@ impl<'a> Statements<'a> {
         }
     }
 
-    /// At a `$`: a dollar-quote tag `$tag$` opens a literal that ends at the same tag.
+    /// At a `$`: the length of a dollar-quote tag `$tag$` that opens a literal ending at the same tag.
     fn dollar_tag(&self) -> Option<usize> {
         let rest = &self.sql[self.pos + 1..];
         let len = rest
@@ -225,43 +245,39 @@ impl<'a> Statements<'a> {
     }
 }
 
-impl<'a> Iterator for Statements<'a> {
-    type Item = Statement<'a>;
+impl<'a> Iterator for Tokens<'a> {
+    type Item = Token<'a>;
 
-    fn next(&mut self) -> Option<Statement<'a>> {
-        let mut statement = Statement::default();
-        let mut seen_anything = false;
+    fn next(&mut self) -> Option<Token<'a>> {
         while self.pos < self.sql.len() {
             let b = self.sql[self.pos];
             match b {
                 b';' => {
                     self.pos += 1;
-                    if seen_anything {
-                        return Some(statement);
-                    }
+                    return Some(Token::Semicolon);
                 }
                 b'-' if self.sql.get(self.pos + 1) == Some(&b'-') => self.skip_until(b"\n"),
                 b'/' if self.sql.get(self.pos + 1) == Some(&b'*') => {
                     self.pos += 2;
                     self.skip_until(b"*/");
                 }
-                b'\'' | b'"' => {
-                    seen_anything = true;
-                    self.skip_quoted(b);
-                }
-                b'$' => {
-                    seen_anything = true;
-                    match self.dollar_tag() {
-                        Some(len) => {
-                            let tag = &self.sql[self.pos..self.pos + len];
-                            self.pos += len;
-                            self.skip_until(tag);
-                        }
-                        None => self.pos += 1,
+                b'\'' | b'"' => self.skip_quoted(b),
+                b'$' => match self.dollar_tag() {
+                    Some(len) => {
+                        let tag = &self.sql[self.pos..self.pos + len];
+                        self.pos += len;
+                        self.skip_until(tag);
                     }
+                    None => self.pos += 1,
+                },
+                b'*' => {
+                    self.pos += 1;
+                    return Some(Token::Word {
+                        text: "*",
+                        called: false,
+                    });
                 }
                 b if b.is_ascii_alphabetic() || b == b'_' => {
-                    seen_anything = true;
                     let start = self.pos;
                     while self.pos < self.sql.len()
                         && (self.sql[self.pos].is_ascii_alphanumeric()
@@ -269,27 +285,18 @@ impl<'a> Iterator for Statements<'a> {
                     {
                         self.pos += 1;
                     }
-                    // Keywords and function names are ASCII, so slicing at these bytes keeps valid UTF-8.
-                    let word = std::str::from_utf8(&self.sql[start..self.pos]).unwrap_or("");
-                    let rest = &self.sql[self.pos..];
-                    let next = rest.iter().find(|b| !b.is_ascii_whitespace());
-                    if next == Some(&b'(') {
-                        statement.calls.push(word);
-                    }
-                    statement.words.push(word);
+                    // Words start and end on ASCII bytes, so the slice is valid UTF-8.
+                    let text = std::str::from_utf8(&self.sql[start..self.pos]).unwrap_or("");
+                    let called = self.sql[self.pos..]
+                        .iter()
+                        .find(|b| !b.is_ascii_whitespace())
+                        == Some(&b'(');
+                    return Some(Token::Word { text, called });
                 }
-                b'*' => {
-                    seen_anything = true;
-                    statement.words.push("*");
-                    self.pos += 1;
-                }
-                _ => {
-                    seen_anything |= !b.is_ascii_whitespace();
-                    self.pos += 1;
-                }
+                _ => self.pos += 1,
             }
         }
-        seen_anything.then_some(statement)
+        None
     }
 }
 
