@@ -72,6 +72,9 @@ pub fn start(config: Config) -> std::io::Result<()> {
             db.name, db.host, db.port, db.dbname, db.pool_size, db.min_pool_size, db.pool_mode
         );
     }
+    for problem in crate::host::problems(&config, shards, crate::host::read()) {
+        warn!("{problem}");
+    }
     let shared = Arc::new(Shared::new(config));
     let signals = block_signals();
     let mesh = (shards > 1).then(|| MeshBuilder::<Msg, _>::full(shards, CHANNEL_SLOTS));
