@@ -86,14 +86,14 @@ pub async fn serve(shard: Rc<Shard>, mut stream: TcpStream, peer: SocketAddr) {
     let deadline = Instant::now() + shard.config().client_login_timeout;
     // Boxed: login's state is large and short-lived; inline it would size every client's task for good.
     let login = Box::pin(login::login(&shard, &mut stream, peer));
-    let who = match crate::shard::until(deadline, login).await {
+    let who = match Box::pin(crate::shard::until(deadline, login)).await {
         Some(Ok(login::Outcome::Session(who))) => who,
         Some(Ok(login::Outcome::Cancelled)) => return,
         Some(Err(fatal)) => {
             if !matches!(fatal, Fatal::Gone) {
                 info!("client {peer}: login failed: {fatal}");
             }
-            return say_fatal(&mut stream, &fatal).await;
+            return Box::pin(say_fatal(&mut stream, &fatal)).await;
         }
         None => {
             info!("client {peer}: login timed out");
@@ -101,7 +101,7 @@ pub async fn serve(shard: Rc<Shard>, mut stream: TcpStream, peer: SocketAddr) {
                 sqlstate::QUERY_CANCELED,
                 "canceling authentication due to timeout",
             );
-            return say_fatal(&mut stream, &fatal).await;
+            return Box::pin(say_fatal(&mut stream, &fatal)).await;
         }
     };
     let (pid, secret) = shard.clients.register(shard.id, stream.as_raw_fd());
@@ -109,7 +109,7 @@ pub async fn serve(shard: Rc<Shard>, mut stream: TcpStream, peer: SocketAddr) {
     let mut greeting = who.greeting;
     encode::backend_key_data(&mut greeting, pid, secret);
     encode::ready_for_query(&mut greeting, b'I');
-    let result = match stream.write_all(&greeting).await {
+    let result = match Box::pin(stream.write_all(&greeting)).await {
         Ok(()) => {
             drop(greeting);
             relay::Relay::new(&shard, who.key, pid)
@@ -126,6 +126,6 @@ pub async fn serve(shard: Rc<Shard>, mut stream: TcpStream, peer: SocketAddr) {
                 info!("client {peer}: {message}");
             }
         }
-        say_fatal(&mut stream, &fatal).await;
+        Box::pin(say_fatal(&mut stream, &fatal)).await;
     }
 }

@@ -30,6 +30,9 @@ const MAX_WHOLE_SERVER_MESSAGE: usize = 8 * 1024;
 /// client (see `pinning`). Below the buffer size, so such a message always fits.
 const MAX_SCANNED_SQL: usize = 48 * 1024;
 
+// Every await off the steady path (flushes, cleanup, server loss, leasing) is boxed: an async fn's state is as
+// large as its largest await, and it is the task's size for as long as the client is connected.
+
 /// Time allowed for cleaning a server after its client left (ROLLBACK, reset query, cancel).
 const CLEANUP_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -84,7 +87,7 @@ impl<'a> Relay<'a> {
         let result = self.relay(client).await;
         if let Err(Fatal::Gone) | Ok(()) = result {
             // Nothing more to tell the client, but let it have what the server already said.
-            self.flush_to_client(client).await;
+            Box::pin(self.flush_to_client(client)).await;
         }
         Box::pin(self.finish()).await;
         for slot in [&mut self.c2s, &mut self.s2c] {
@@ -113,7 +116,7 @@ impl<'a> Relay<'a> {
                 Event::ServerRead => self.server_sent()?,
                 Event::ClientClosed if self.shard.shutting_down() => return Err(Fatal::shutdown()),
                 Event::ClientClosed => return Err(Fatal::Gone),
-                Event::ServerClosed => return self.server_lost(client).await,
+                Event::ServerClosed => return Box::pin(self.server_lost(client)).await,
             }
             let quiet = self.client_quiet();
             if self.terminated && quiet {
@@ -123,7 +126,7 @@ impl<'a> Relay<'a> {
                 self.release_if_done();
             }
             if self.shard.shutting_down() && quiet && self.tx.idle() {
-                self.flush_to_client(client).await;
+                Box::pin(self.flush_to_client(client)).await;
                 return Err(Fatal::shutdown());
             }
             self.shard.buffers.give_if_empty(&mut self.c2s);
