@@ -533,3 +533,21 @@ async fn a_verifier_only_user_logs_in_to_postgres_with_the_clients_proof() {
         .expect_err("wrong password accepted");
     assert_eq!(err.code().map(|c| c.code()), Some("28P01"));
 }
+
+#[test]
+fn replication_connections_are_refused_clearly() {
+    let Fixture { pg: _pg, herd } = fixture("transaction", 2, "workers = 1\nauth_type = \"trust\"");
+    let mut s = TcpStream::connect(("127.0.0.1", herd.port)).unwrap();
+    s.write_all(&startup(
+        3 << 16,
+        &[
+            ("user", "app"),
+            ("database", "app"),
+            ("replication", "database"),
+        ],
+    ))
+    .unwrap();
+    let reply = read_to_close(&mut s, Duration::from_secs(3));
+    assert_eq!(reply.first(), Some(&b'E'));
+    assert!(String::from_utf8_lossy(&reply).contains("0A000"));
+}

@@ -126,6 +126,18 @@ pub async fn login(
             "no PostgreSQL user name specified in startup packet",
         ));
     };
+    // A walsender session is not something a pool of regular backends can serve.
+    if param("replication").is_some_and(|v| {
+        !matches!(
+            v.to_ascii_lowercase().as_str(),
+            "false" | "off" | "no" | "0"
+        )
+    }) {
+        return Err(Fatal::new(
+            sqlstate::FEATURE_NOT_SUPPORTED,
+            "replication connections are not supported by pgherd; connect to PostgreSQL directly",
+        ));
+    }
     let db_name = param("database")
         .filter(|d| !d.is_empty())
         .unwrap_or(user_name);
