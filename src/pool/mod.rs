@@ -56,6 +56,8 @@ pub enum Answer<S> {
 pub struct PoolShard<S, W, T> {
     idle: Vec<S>,
     budget: u32,
+    /// This shard's slice of the pool at start, which it drifts back to when quiet.
+    initial: u32,
     /// Servers this shard owns: idle, leased or being connected.
     open: u32,
     waiters: VecDeque<(W, T)>,
@@ -70,9 +72,11 @@ impl<S, W: PartialEq, T: Ord + Copy> PoolShard<S, W, T> {
     /// This shard's slice of a pool of `pool_size` over `shards` shards: an even split, the remainder to the
     /// lowest shards, so every shard computes the same split without talking.
     pub fn new(pool_size: u32, shards: usize, me: usize) -> Self {
+        let budget = share(pool_size, shards, me);
         PoolShard {
             idle: Vec::new(),
-            budget: share(pool_size, shards, me),
+            budget,
+            initial: budget,
             open: 0,
             waiters: VecDeque::new(),
             wanted_by: VecDeque::new(),
@@ -284,6 +288,20 @@ impl<S, W: PartialEq, T: Ord + Copy> PoolShard<S, W, T> {
         self.idle.pop()
     }
 
+    /// Unused budget beyond this shard's initial slice, taken out to be handed on to the next peer. Budget that
+    /// followed busy clients drifts back this way once they are quiet, so every shard can again keep its share
+    /// of min_pool_size open; a shard below its slice keeps what it gets.
+    pub fn surplus(&mut self) -> u32 {
+        if !self.waiters.is_empty() {
+            return 0;
+        }
+        let surplus = (self.budget + self.open)
+            .saturating_sub(self.initial)
+            .min(self.budget);
+        self.budget -= surplus;
+        surplus
+    }
+
     /// Spends one unit of budget on a warm-up connection if fewer than `min` servers are open.
     pub fn warm_up(&mut self, min: u32) -> bool {
         if self.open < min && self.budget > 0 && self.waiters.is_empty() {
@@ -413,6 +431,24 @@ mod tests {
         assert_eq!(a.release(5), (Handoff::ToWaiter(2, 5), vec![1]));
         b.withdrawn_by(0);
         assert_eq!(b.release(8), (Handoff::Idle, vec![]));
+    }
+
+    #[test]
+    fn borrowed_budget_drifts_back_when_quiet() {
+        let mut a = Shard::new(2, 2, 0);
+        let mut b = Shard::new(2, 2, 1);
+        assert_eq!(a.checkout(1, 0), Checkout::Connect);
+        assert_eq!(a.checkout(2, 0), Checkout::Wait { ask: vec![1] });
+        assert_eq!(b.asked_by(0, 0), Answer::GiveBudget);
+        assert_eq!(a.budget_from(1), (Freed::Connect(2), vec![], vec![]));
+        // Both of a's servers close while idle: a now holds b's unit as spare budget, and hands it on.
+        assert_eq!(a.closed(), Freed::Kept);
+        assert_eq!(a.closed(), Freed::Kept);
+        assert_eq!(a.surplus(), 1);
+        assert_eq!(a.surplus(), 0);
+        assert_eq!(b.budget_from(0), (Freed::Kept, vec![], vec![]));
+        assert_eq!(b.surplus(), 0, "b is back at its slice");
+        assert!(b.warm_up(1), "so it can keep its share of min_pool_size");
     }
 
     #[test]
@@ -557,6 +593,10 @@ mod tests {
                         world.place_server(owner, handoff);
                         world.post(owner, withdraw, || Msg::Withdraw);
                     }
+                }
+                4 => {
+                    let surplus = world.shards[me].surplus();
+                    world.post(me, vec![(me + 1) % 3; surplus as usize], || Msg::Budget);
                 }
                 _ => world.deliver(),
             }

@@ -10,4 +10,4 @@ pub const QUERY_CANCELED: &str = "57014";
 pub const ADMIN_SHUTDOWN: &str = "57P01";
 pub const CANNOT_CONNECT_NOW: &str = "57P03";
 pub const FEATURE_NOT_SUPPORTED: &str = "0A000";
-pub const ACTIVE_SQL_TRANSACTION: &str = "25001";
+pub const INVALID_PARAMETER_VALUE: &str = "22023";

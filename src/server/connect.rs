@@ -13,6 +13,7 @@ use crate::auth::{md5, scram};
 use crate::config::{Database, ServerPassword, User};
 use crate::proto::message::{self, AuthRequest, ErrorFields};
 use crate::proto::{encode, frame, sqlstate, MAX_LOGIN_MESSAGE_LEN};
+use crate::session::params::FRESH;
 
 #[derive(Debug)]
 pub enum ConnectError {
@@ -155,6 +156,7 @@ async fn login(
                     params,
                     created: now,
                     idle_since: now,
+                    settings: FRESH,
                 });
             }
             other => {

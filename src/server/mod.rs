@@ -15,6 +15,7 @@ use glommio::net::TcpStream;
 
 use crate::proto::frame::{Flow, Scanner};
 use crate::proto::{encode, MAX_MESSAGE_LEN};
+use crate::session::params::Fingerprint;
 
 /// A logged-in server connection that no client is using mid-message.
 pub struct Server {
@@ -25,6 +26,8 @@ pub struct Server {
     pub params: Vec<(String, String)>,
     pub created: Instant,
     pub idle_since: Instant,
+    /// Which client settings the session has (see `session::params`).
+    pub settings: Fingerprint,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -41,6 +44,7 @@ pub struct Transfer {
     key: BackendKey,
     params: Vec<(String, String)>,
     created: Instant,
+    settings: Fingerprint,
 }
 
 impl Server {
@@ -65,6 +69,7 @@ impl Server {
             key: self.key,
             params: self.params,
             created: self.created,
+            settings: self.settings,
         })
     }
 
@@ -78,17 +83,18 @@ impl Server {
             params: t.params,
             created: t.created,
             idle_since: Instant::now(),
+            settings: t.settings,
         }
     }
 
-    /// Runs one simple-protocol command (ROLLBACK, the reset query) and waits for its ReadyForQuery. Returns
-    /// whether the server ended idle and in sync, i.e. can be reused.
+    /// Runs simple-protocol SQL of pgherd's own (ROLLBACK, the reset query, a client's settings) and waits for
+    /// its ReadyForQuery, dropping the replies. Returns whether it succeeded and left the server idle.
     pub async fn run(&mut self, sql: &str, limit: std::time::Duration) -> bool {
         let mut out = Vec::new();
         encode::query(&mut out, sql);
         let work = async {
             self.stream.write_all(&out).await.ok()?;
-            self.drain_until_ready(1).await
+            self.drain_until_ready().await
         };
         matches!(
             glommio::timer::timeout(limit, async { Ok(work.await) }).await,
@@ -96,12 +102,12 @@ impl Server {
         )
     }
 
-    /// Reads and drops server output until `count` ReadyForQuery messages have passed; returns the last status.
-    pub async fn drain_until_ready(&mut self, mut count: u32) -> Option<u8> {
+    /// Reads and drops server output until a ReadyForQuery; returns its status, or `None` after an error.
+    async fn drain_until_ready(&mut self) -> Option<u8> {
         let mut buf = vec![0u8; 8192];
-        let (mut have, mut status) = (0, None);
+        let (mut have, mut status, mut failed) = (0, None, false);
         let mut scanner = Scanner::default();
-        while count > 0 {
+        while status.is_none() {
             let n = self.stream.read(&mut buf[have..]).await.ok()?;
             if n == 0 {
                 return None;
@@ -114,9 +120,10 @@ impl Server {
                     16,
                     |t| t == b'Z',
                     |tag, body| {
-                        if let (b'Z', Some(&[s])) = (tag, body) {
-                            count = count.saturating_sub(1);
-                            status = Some(s);
+                        match (tag, body) {
+                            (b'Z', Some(&[s])) => status = Some(s),
+                            (b'E', _) => failed = true,
+                            _ => {}
                         }
                         Flow::Pass
                     },
@@ -125,7 +132,7 @@ impl Server {
             buf.copy_within(used..have, 0);
             have -= used;
         }
-        status
+        status.filter(|_| !failed)
     }
 }
 

@@ -8,6 +8,7 @@ use std::time::Instant;
 use futures_lite::{AsyncReadExt, AsyncWriteExt};
 use glommio::net::TcpStream;
 
+use super::params::StartupParams;
 use super::Fatal;
 use crate::auth::{md5, scram};
 use crate::config::{ClientAuth, ServerPassword};
@@ -20,6 +21,8 @@ pub struct LoggedIn {
     pub key: PoolKey,
     pub admission: Admission,
     pub user: String,
+    /// The session settings the client gave at startup.
+    pub settings: StartupParams,
     /// AuthenticationOk and ParameterStatus messages, sent together with BackendKeyData and ReadyForQuery
     /// once the client is registered, in one write.
     pub greeting: Vec<u8>,
@@ -105,6 +108,8 @@ pub async fn login(
             None => return Err(Fatal::protocol("invalid startup packet layout")),
         }
     };
+    let settings = StartupParams::from_startup(&params)
+        .map_err(|why| Fatal::new(sqlstate::INVALID_PARAMETER_VALUE, why))?;
     let mut out = Vec::new();
     let unknown: Vec<&str> = params
         .iter()
@@ -183,13 +188,15 @@ pub async fn login(
         .await
         .map_err(Fatal::from_acquire)?;
     encode::auth_ok(&mut out);
+    // The client is told its own settings where it gave them, as PostgreSQL would after applying them.
     for (name, value) in server_params.iter() {
-        encode::parameter_status(&mut out, name, value);
+        encode::parameter_status(&mut out, name, settings.get(name).unwrap_or(value));
     }
     Ok(Outcome::Session(LoggedIn {
         key,
         admission,
         user: user_name.to_owned(),
+        settings,
         greeting: out,
     }))
 }

@@ -3,6 +3,7 @@
 
 pub mod cancel;
 mod login;
+pub mod params;
 mod pinning;
 mod relay;
 pub mod state;
@@ -112,7 +113,7 @@ pub async fn serve(shard: Rc<Shard>, mut stream: TcpStream, peer: SocketAddr) {
     let result = match Box::pin(stream.write_all(&greeting)).await {
         Ok(()) => {
             drop(greeting);
-            relay::Relay::new(&shard, who.key, pid)
+            relay::Relay::new(&shard, who.key, pid, who.settings)
                 .run(&mut stream)
                 .await
         }

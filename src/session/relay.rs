@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use futures_lite::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use glommio::net::TcpStream;
 
+use super::params::{Fingerprint, StartupParams, FRESH, UNKNOWN};
 use super::pinning::{self, Pins};
 use super::state::{ClientMessage, Tracker};
 use super::Fatal;
@@ -47,6 +48,11 @@ pub struct Relay<'a> {
     from_client: Scanner,
     from_server: Scanner,
     tx: Tracker,
+    /// The client's startup settings, applied to each server it leases unless that server already has them.
+    settings: StartupParams,
+    wanted: Fingerprint,
+    /// The client reset or discarded settings on its server: the server's settings are unknown now.
+    settings_changed: bool,
     /// Session state the server holds for this client (see `pinning`): while any, the client keeps its server.
     pins: Pins,
     /// The client sent Terminate: forward what came before it, then finish.
@@ -64,9 +70,12 @@ enum Event {
 }
 
 impl<'a> Relay<'a> {
-    pub fn new(shard: &'a Shard, key: PoolKey, pid: u32) -> Relay<'a> {
+    pub fn new(shard: &'a Shard, key: PoolKey, pid: u32, settings: StartupParams) -> Relay<'a> {
         Relay {
             shard,
+            wanted: settings.fingerprint(),
+            settings,
+            settings_changed: false,
             key,
             pid,
             mode: shard.config().pool_mode(key.db as usize, key.user as usize),
@@ -141,7 +150,7 @@ impl<'a> Relay<'a> {
 
     async fn client_sent(&mut self) -> Result<(), Fatal> {
         let buf = self.c2s.as_mut().expect("a client read fills c2s");
-        let (tx, pins) = (&mut self.tx, &mut self.pins);
+        let (tx, pins, changed) = (&mut self.tx, &mut self.pins, &mut self.settings_changed);
         let was_pinned = *pins;
         let mut verdict = ClientMessage::Forward;
         let n = self
@@ -157,6 +166,7 @@ impl<'a> Relay<'a> {
                         // Clears first, then creates: "DISCARD ALL; LISTEN x" leaves the client pinned.
                         pins.remove(effects.clears);
                         pins.insert(effects.creates);
+                        *changed |= !effects.clears.is_empty();
                         Flow::Pass
                     }
                     other => {
@@ -198,7 +208,19 @@ impl<'a> Relay<'a> {
         let deadline = Instant::now() + self.shard.config().query_wait_timeout;
         // Boxed so the connect path's state is not part of every idle client's task.
         match Box::pin(self.shard.acquire(self.key, deadline)).await {
-            Ok(server) => {
+            Ok(mut server) => {
+                if server.settings != self.wanted {
+                    if !Box::pin(server.run(&self.settings.apply_sql(), CLEANUP_TIMEOUT)).await {
+                        // PostgreSQL would have refused this login; the server may be fine, but is not known to be.
+                        drop(server);
+                        self.shard.server_gone(self.key);
+                        return Err(Fatal::new(
+                            sqlstate::INVALID_PARAMETER_VALUE,
+                            "PostgreSQL refused a setting from the startup packet",
+                        ));
+                    }
+                    server.settings = self.wanted;
+                }
                 self.shard.clients.set_server(self.pid, Some(server.key));
                 self.from_server = Scanner::default();
                 self.server = Some(server);
@@ -256,8 +278,11 @@ impl<'a> Relay<'a> {
         let server_quiet = self.from_server.at_boundary()
             && self.s2c.as_ref().is_none_or(|b| b.unscanned().is_empty());
         if self.tx.idle() && server_quiet && self.pins.is_empty() {
-            if let Some(server) = self.server.take() {
+            if let Some(mut server) = self.server.take() {
                 self.shard.clients.set_server(self.pid, None);
+                if std::mem::take(&mut self.settings_changed) {
+                    server.settings = UNKNOWN;
+                }
                 self.shard.release(self.key, server);
             }
         }
@@ -314,6 +339,13 @@ impl<'a> Relay<'a> {
                 ok = server.run(reset, CLEANUP_TIMEOUT).await;
             }
             if ok {
+                server.settings = if reset.eq_ignore_ascii_case("DISCARD ALL") {
+                    FRESH
+                } else if !reset.is_empty() || self.settings_changed {
+                    UNKNOWN
+                } else {
+                    server.settings
+                };
                 return self.shard.release(self.key, server);
             }
         } else if self.tx.running() {

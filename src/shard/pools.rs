@@ -364,6 +364,10 @@ impl Shard {
                 drop(server);
                 self.server_gone(key);
             }
+            let surplus = self.pool(key, |p| p.core.surplus());
+            for _ in 0..surplus {
+                self.send_to_peer((self.id + 1) % self.shards, Msg::Budget { pool: key });
+            }
             while self.pool(key, |p| p.core.warm_up(min)) {
                 let shard = self.clone();
                 glommio::spawn_local(async move {

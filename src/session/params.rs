@@ -1,0 +1,201 @@
+//! A client's session defaults: the settings it gave in its startup packet (application_name, client_encoding,
+//! DateStyle, TimeZone, `options=-c name=value`, ...). PostgreSQL applies them at login; pgherd applies them to
+//! whichever server the client leases, and only when that server was last set up for different ones.
+
+use std::hash::{Hash, Hasher};
+
+/// Startup keys that are not settings.
+const NOT_SETTINGS: [&str; 4] = ["user", "database", "replication", "options"];
+
+/// What a server's session settings are known to be.
+pub type Fingerprint = u64;
+/// A server as PostgreSQL made it: no client settings applied.
+pub const FRESH: Fingerprint = 0;
+/// A server whose settings a client may have changed: set them up before anyone uses it.
+pub const UNKNOWN: Fingerprint = u64::MAX;
+
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct StartupParams {
+    /// Lower-case name and value, sorted by name, each name once (the last one given wins).
+    settings: Vec<(String, String)>,
+}
+
+impl StartupParams {
+    /// Collects the settings of a startup packet, including `-c name=value` and `--name=value` in `options`.
+    pub fn from_startup(params: &[(String, String)]) -> Result<StartupParams, String> {
+        let mut settings: Vec<(String, String)> = Vec::new();
+        let mut add = |name: &str, value: &str| -> Result<(), String> {
+            let name = name.to_ascii_lowercase();
+            if name.is_empty()
+                || !name
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'.')
+            {
+                return Err(format!("invalid configuration parameter name \"{name}\""));
+            }
+            settings.retain(|(n, _)| *n != name);
+            settings.push((name, value.to_owned()));
+            Ok(())
+        };
+        for (key, value) in params {
+            if key == "options" {
+                for (name, value) in option_settings(value)? {
+                    add(&name, &value)?;
+                }
+            } else if !NOT_SETTINGS.contains(&key.as_str()) && !key.starts_with("_pq_.") {
+                add(key, value)?;
+            }
+        }
+        settings.sort();
+        Ok(StartupParams { settings })
+    }
+
+    /// Identifies this set of settings; equal sets give equal fingerprints, and none gives [`FRESH`].
+    pub fn fingerprint(&self) -> Fingerprint {
+        if self.settings.is_empty() {
+            return FRESH;
+        }
+        let mut hasher = std::hash::DefaultHasher::new();
+        self.settings.hash(&mut hasher);
+        hasher.finish().clamp(FRESH + 1, UNKNOWN - 1)
+    }
+
+    /// The value this client asked for `name` (case-insensitive), to report in its ParameterStatus.
+    pub fn get(&self, name: &str) -> Option<&str> {
+        self.settings
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// SQL that gives a server exactly these settings on top of its defaults. set_config parses values the way
+    /// the startup packet's are parsed (a search_path list stays a list), which `SET name = 'value'` would not.
+    pub fn apply_sql(&self) -> String {
+        let mut sql = String::from("RESET ALL");
+        for (i, (name, value)) in self.settings.iter().enumerate() {
+            sql.push_str(if i == 0 { "; SELECT " } else { ", " });
+            sql.push_str(&format!(
+                "pg_catalog.set_config({}, {}, false)",
+                literal(name),
+                literal(value)
+            ));
+        }
+        sql
+    }
+}
+
+/// An escape-string literal: read the same whatever standard_conforming_strings is.
+fn literal(s: &str) -> String {
+    format!("E'{}'", s.replace('\\', "\\\\").replace('\'', "''"))
+}
+
+/// The settings in an `options` value: words separated by unescaped spaces, `\` escaping the next character;
+/// `-c name=value`, `-cname=value` and `--name=value` are settings, other switches are refused as PostgreSQL
+/// refuses unknown ones.
+fn option_settings(options: &str) -> Result<Vec<(String, String)>, String> {
+    let mut words = Vec::new();
+    let mut word = String::new();
+    let mut chars = options.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '\\' => word.extend(chars.next()),
+            c if c.is_ascii_whitespace() => {
+                if !word.is_empty() {
+                    words.push(std::mem::take(&mut word));
+                }
+            }
+            c => word.push(c),
+        }
+    }
+    if !word.is_empty() {
+        words.push(word);
+    }
+    let mut settings = Vec::new();
+    let mut words = words.into_iter();
+    while let Some(word) = words.next() {
+        let setting = if word == "-c" {
+            words.next().ok_or("option -c needs name=value")?
+        } else if let Some(rest) = word.strip_prefix("--").or_else(|| word.strip_prefix("-c")) {
+            rest.to_owned()
+        } else {
+            return Err(format!(
+                "unsupported command-line option \"{word}\" in options"
+            ));
+        };
+        let (name, value) = setting
+            .split_once('=')
+            .ok_or_else(|| format!("option \"{setting}\" needs a value"))?;
+        // PostgreSQL treats - and _ alike in option names given this way.
+        settings.push((name.replace('-', "_"), value.to_owned()));
+    }
+    Ok(settings)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn params(pairs: &[(&str, &str)]) -> Result<StartupParams, String> {
+        let owned: Vec<(String, String)> = pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        StartupParams::from_startup(&owned)
+    }
+
+    #[test]
+    fn settings_come_from_keys_and_options() {
+        let p = params(&[
+            ("user", "u"),
+            ("database", "d"),
+            ("application_name", "psql"),
+            ("DateStyle", "ISO"),
+            (
+                "options",
+                "-c search_path=a,\\ b --statement-timeout=5s -cwork_mem=4MB",
+            ),
+            ("_pq_.x", "1"),
+        ])
+        .unwrap();
+        assert_eq!(p.get("datestyle"), Some("ISO"));
+        assert_eq!(p.get("search_path"), Some("a, b"));
+        assert_eq!(p.get("statement_timeout"), Some("5s"));
+        assert_eq!(p.get("work_mem"), Some("4MB"));
+        assert_eq!(p.get("user"), None);
+        assert_eq!(p.get("_pq_.x"), None);
+        assert_eq!(
+            p.apply_sql(),
+            "RESET ALL; SELECT pg_catalog.set_config(E'application_name', E'psql', false), \
+             pg_catalog.set_config(E'datestyle', E'ISO', false), pg_catalog.set_config(E'search_path', E'a, b', false), \
+             pg_catalog.set_config(E'statement_timeout', E'5s', false), \
+             pg_catalog.set_config(E'work_mem', E'4MB', false)"
+        );
+    }
+
+    #[test]
+    fn fingerprints_tell_sets_apart() {
+        let none = params(&[("user", "u")]).unwrap();
+        assert_eq!(none.fingerprint(), FRESH);
+        assert_eq!(none.apply_sql(), "RESET ALL");
+        let a = params(&[("TimeZone", "UTC"), ("application_name", "x")]).unwrap();
+        let same = params(&[("application_name", "x"), ("timezone", "UTC")]).unwrap();
+        let other = params(&[("TimeZone", "Asia/Tokyo"), ("application_name", "x")]).unwrap();
+        assert_eq!(a.fingerprint(), same.fingerprint());
+        assert_ne!(a.fingerprint(), other.fingerprint());
+        assert!(a.fingerprint() != FRESH && a.fingerprint() != UNKNOWN);
+    }
+
+    #[test]
+    fn values_are_quoted_and_names_checked() {
+        let p = params(&[("application_name", "it's a \\ path")]).unwrap();
+        assert!(
+            p.apply_sql().contains("E'it''s a \\\\ path'"),
+            "{}",
+            p.apply_sql()
+        );
+        assert!(params(&[("bad name", "x")]).is_err());
+        assert!(params(&[("options", "-c nameonly")]).is_err());
+        assert!(params(&[("options", "-d 5")]).is_err());
+        assert!(params(&[("options", "-c")]).is_err());
+    }
+}

@@ -1,0 +1,93 @@
+//! Startup settings (application_name, TimeZone, `options=-c ...`) are each client's session defaults on
+//! whichever server runs its transaction, and never reach another client.
+
+mod common;
+
+use common::{fixture, psql, Fixture};
+
+async fn connect_with(port: u16, extra: &str) -> tokio_postgres::Client {
+    let conninfo =
+        format!("host=127.0.0.1 port={port} user=app password=secret dbname=app {extra}");
+    let (client, connection) = tokio_postgres::connect(&conninfo, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    client
+}
+
+async fn show(c: &tokio_postgres::Client, name: &str) -> String {
+    c.query_typed_one(&format!("SHOW {name}"), &[])
+        .await
+        .unwrap()
+        .get(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_client_sees_its_own_startup_settings_on_a_shared_server() {
+    // One server: every transaction of every client runs on it.
+    let Fixture { pg: _pg, herd } = fixture("transaction", 1, "workers = 1");
+    let tokyo = connect_with(
+        herd.port,
+        "application_name=tokyo options='-c TimeZone=Asia/Tokyo'",
+    )
+    .await;
+    let lima = connect_with(
+        herd.port,
+        "application_name=lima options='-c TimeZone=America/Lima'",
+    )
+    .await;
+    let plain = connect_with(herd.port, "").await;
+    let server_default = show(&plain, "TimeZone").await;
+    for _ in 0..3 {
+        assert_eq!(show(&tokyo, "TimeZone").await, "Asia/Tokyo");
+        assert_eq!(show(&lima, "TimeZone").await, "America/Lima");
+        assert_eq!(show(&tokyo, "application_name").await, "tokyo");
+        assert_eq!(show(&plain, "TimeZone").await, server_default);
+        assert_eq!(show(&plain, "application_name").await, "");
+    }
+    // RESET ALL drops them on the server; the client's next transaction has its startup values again.
+    tokyo.batch_execute("RESET ALL").await.unwrap();
+    assert_eq!(show(&lima, "TimeZone").await, "America/Lima");
+    assert_eq!(show(&tokyo, "TimeZone").await, "Asia/Tokyo");
+}
+
+#[test]
+fn psql_options_set_a_search_path_list() {
+    let Fixture { pg: _pg, herd } = fixture("transaction", 2, "workers = 1");
+    let out = std::process::Command::new(common::bin("psql"))
+        .args(["-X", "-A", "-t", "-c", "SHOW search_path"])
+        .arg(format!(
+            "host=127.0.0.1 port={} user=app dbname=app password=secret options='-c search_path=alpha,\\\\ beta'",
+            herd.port
+        ))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "alpha, beta");
+    // The next client, without options, has the server's default path.
+    let out = psql(
+        herd.port,
+        "app",
+        "secret",
+        "app",
+        &["-c", "SHOW search_path"],
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "\"$user\", public"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_setting_postgres_refuses_fails_that_client_only() {
+    let Fixture { pg: _pg, herd } = fixture("transaction", 1, "workers = 1");
+    let bad = connect_with(herd.port, "options='-c TimeZone=Not/AZone'").await;
+    let err = bad.batch_execute("SELECT 1").await.unwrap_err();
+    assert_eq!(err.code().map(|c| c.code()), Some("22023"), "{err:?}");
+    let good = connect_with(herd.port, "options='-c TimeZone=UTC'").await;
+    assert_eq!(show(&good, "TimeZone").await, "UTC");
+}
