@@ -113,7 +113,8 @@ pub async fn serve(shard: Rc<Shard>, mut stream: TcpStream, peer: SocketAddr) {
     let result = match Box::pin(stream.write_all(&greeting)).await {
         Ok(()) => {
             drop(greeting);
-            relay::Relay::new(&shard, who.key, pid, who.settings)
+            let settings = shard.settings.intern(who.settings);
+            relay::Relay::new(&shard, who.key, pid, settings)
                 .run(&mut stream)
                 .await
         }

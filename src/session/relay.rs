@@ -5,6 +5,7 @@
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
+use std::rc::Rc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
@@ -49,7 +50,7 @@ pub struct Relay<'a> {
     from_server: Scanner,
     tx: Tracker,
     /// The client's startup settings, applied to each server it leases unless that server already has them.
-    settings: StartupParams,
+    settings: Rc<StartupParams>,
     wanted: Fingerprint,
     /// The client reset or discarded settings on its server: the server's settings are unknown now.
     settings_changed: bool,
@@ -70,7 +71,7 @@ enum Event {
 }
 
 impl<'a> Relay<'a> {
-    pub fn new(shard: &'a Shard, key: PoolKey, pid: u32, settings: StartupParams) -> Relay<'a> {
+    pub fn new(shard: &'a Shard, key: PoolKey, pid: u32, settings: Rc<StartupParams>) -> Relay<'a> {
         Relay {
             shard,
             wanted: settings.fingerprint(),

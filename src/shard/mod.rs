@@ -21,6 +21,7 @@ use glommio::channels::channel_mesh::Senders;
 use crate::config::Config;
 use crate::net::buffer::BufferPool;
 use crate::session::cancel::Registry;
+use crate::session::params::Interned;
 
 /// The ParameterStatus (name, value) pairs a server reported at login.
 pub type ServerParams = Arc<[(String, String)]>;
@@ -126,6 +127,8 @@ pub struct Shard {
     pub shared: Arc<Shared>,
     pub buffers: BufferPool,
     pub clients: Registry,
+    /// Startup-setting sets shared by this shard's clients.
+    pub settings: Interned,
     pools: RefCell<HashMap<PoolKey, pools::Pool>>,
     next_waiter: Cell<u64>,
     peers: Option<Rc<Senders<exchange::Msg>>>,

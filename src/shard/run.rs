@@ -130,6 +130,7 @@ async fn run_shard(
         shared,
         buffers: BufferPool::default(),
         clients: Registry::default(),
+        settings: Default::default(),
         pools: RefCell::new(HashMap::new()),
         next_waiter: Cell::new(0),
         peers,
