@@ -70,6 +70,10 @@ struct File {
     /// Seconds a client may take from connect to logged in before it is closed. Default 60.
     #[serde(default = "secs::<60>", deserialize_with = "seconds")]
     client_login_timeout: Duration,
+    /// Seconds a client may pause in the middle of a message it started sending; a client that stalls longer is
+    /// closed with SQLSTATE 08P01, so a half-sent message cannot hold a buffer and a server forever. Default 60.
+    #[serde(default = "secs::<60>", deserialize_with = "seconds")]
+    client_message_timeout: Duration,
     /// Seconds a client may wait for a server before it gets SQLSTATE 57014 and is closed. Default 120.
     #[serde(default = "secs::<120>", deserialize_with = "seconds")]
     query_wait_timeout: Duration,
@@ -193,6 +197,7 @@ pub struct Config {
     pub max_client_conn: u32,
     pub listen_backlog: u32,
     pub client_login_timeout: Duration,
+    pub client_message_timeout: Duration,
     pub query_wait_timeout: Duration,
     pub server_connect_timeout: Duration,
     pub server_login_retry: Duration,
@@ -357,6 +362,7 @@ impl Config {
             max_client_conn: file.max_client_conn,
             listen_backlog: file.listen_backlog,
             client_login_timeout: file.client_login_timeout,
+            client_message_timeout: file.client_message_timeout,
             query_wait_timeout: file.query_wait_timeout,
             server_connect_timeout: file.server_connect_timeout,
             server_login_retry: file.server_login_retry,

@@ -551,3 +551,35 @@ fn replication_connections_are_refused_clearly() {
     assert_eq!(reply.first(), Some(&b'E'));
     assert!(String::from_utf8_lossy(&reply).contains("0A000"));
 }
+
+#[test]
+fn a_client_stalled_in_the_middle_of_a_message_is_closed_and_frees_its_server() {
+    let Fixture { pg: _pg, herd } = fixture(
+        "transaction",
+        1,
+        "workers = 1\nauth_type = \"trust\"\nclient_message_timeout = 1",
+    );
+    let mut s = TcpStream::connect(("127.0.0.1", herd.port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    s.write_all(&startup(3 << 16, &[("user", "app"), ("database", "app")]))
+        .unwrap();
+    // Read the greeting up to ReadyForQuery.
+    let mut greeting = Vec::new();
+    let mut byte = [0u8; 1];
+    while !greeting.ends_with(b"Z\0\0\0\x05I") {
+        s.read_exact(&mut byte).unwrap();
+        greeting.push(byte[0]);
+    }
+    // Half a Query: the header promises 100 bytes, 10 arrive, then nothing.
+    s.write_all(b"Q\0\0\0\x64SELECT 1 ").unwrap();
+    let started = Instant::now();
+    let reply = read_to_close(&mut s, Duration::from_secs(5));
+    assert!(
+        String::from_utf8_lossy(&reply).contains("08P01"),
+        "{reply:?}"
+    );
+    assert!(started.elapsed() < Duration::from_secs(4));
+    // The only server was freed for others.
+    let out = psql(herd.port, "app", "secret", "app", &["-c", "SELECT 42"]);
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "42");
+}

@@ -111,15 +111,26 @@ impl<'a> Relay<'a> {
 
     async fn relay(&mut self, client: &mut TcpStream) -> Result<(), Fatal> {
         loop {
-            let event = Io {
+            let stalling = self.waiting_for_rest_of_message();
+            let io = Io {
                 client: &mut *client,
                 server: self.server.as_mut().map(|s| &mut s.stream),
                 read_client: !self.terminated,
                 c2s: &mut self.c2s,
                 s2c: &mut self.s2c,
                 buffers: &self.shard.buffers,
-            }
-            .await;
+            };
+            let event = if stalling {
+                let deadline = Instant::now() + self.shard.config().client_message_timeout;
+                match Box::pin(crate::shard::until(deadline, io)).await {
+                    Some(event) => event,
+                    None => {
+                        return Err(Fatal::protocol("client stopped in the middle of a message"))
+                    }
+                }
+            } else {
+                io.await
+            };
             match event {
                 Event::Wrote => {}
                 Event::ClientRead => self.client_sent().await?,
@@ -142,6 +153,12 @@ impl<'a> Relay<'a> {
             self.shard.buffers.give_if_empty(&mut self.c2s);
             self.shard.buffers.give_if_empty(&mut self.s2c);
         }
+    }
+
+    /// The client started a message and everything it sent has been passed on: only the client can make progress.
+    fn waiting_for_rest_of_message(&self) -> bool {
+        let nothing_to_forward = self.c2s.as_ref().is_none_or(|b| b.to_send().is_empty());
+        !self.terminated && nothing_to_forward && !self.client_quiet()
     }
 
     /// Nothing from the client is half-framed or waiting to reach the server.
