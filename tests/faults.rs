@@ -8,7 +8,7 @@ use std::net::TcpStream;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{connect, fixture, psql, try_connect, wait_until, Fixture};
+use common::{backend_pid, connect, fixture, psql, try_connect, wait_until, Fixture};
 use tokio_postgres::types::Type;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -48,18 +48,10 @@ async fn a_stale_cancel_key_does_not_touch_the_next_user_of_its_server() {
     let Fixture { pg, herd } = fixture("transaction", 1, "workers = 1");
     let c = connect(herd.port, "app", "secret", "app").await;
     let d = connect(herd.port, "app", "secret", "app").await;
-    let pid_c: i32 = c
-        .query_typed_one("SELECT pg_backend_pid()", &[])
-        .await
-        .unwrap()
-        .get(0);
+    let pid_c: i32 = backend_pid(&c).await;
     let stale = c.cancel_token();
     let running = tokio::spawn(async move {
-        let pid: i32 = d
-            .query_typed_one("SELECT pg_backend_pid()", &[])
-            .await
-            .unwrap()
-            .get(0);
+        let pid: i32 = backend_pid(&d).await;
         d.query_typed_one("SELECT 1 FROM pg_sleep(1.5)", &[])
             .await
             .map(|_| pid)
@@ -423,17 +415,12 @@ async fn pgherd_logs_in_with_whatever_postgres_asks() {
     // by_trust's entry holds only a SCRAM verifier: clients are checked against it, and PostgreSQL trusts pgherd.
     let trust_verifier = verifier_of(&pg, "by_trust");
     assert!(trust_verifier.starts_with("SCRAM-SHA-256$"));
-    let config = std::fs::read_to_string(&herd.config_path).unwrap();
-    drop(herd);
-    let body = config
-        .lines()
-        .filter(|l| !l.starts_with("listen"))
-        .collect::<Vec<_>>()
-        .join("\n");
-    let herd = common::Pgherd::start(&format!(
-        "{body}\n[users.by_md5]\npassword = \"pw-md5\"\n[users.by_clear]\npassword = \"pw-clear\"\n\
-         [users.by_trust]\npassword = \"{trust_verifier}\"\n"
-    ));
+    let herd = herd.restarted_with(|body| {
+        format!(
+            "{body}\n[users.by_md5]\npassword = \"pw-md5\"\n[users.by_clear]\npassword = \"pw-clear\"\n\
+             [users.by_trust]\npassword = \"{trust_verifier}\"\n"
+        )
+    });
     for (user, password) in [
         ("by_md5", "pw-md5"),
         ("by_clear", "pw-clear"),
@@ -503,20 +490,15 @@ async fn a_verifier_only_user_logs_in_to_postgres_with_the_clients_proof() {
     // PostgreSQL asks app for SCRAM; pgherd's entry for app holds only PostgreSQL's own verifier.
     let Fixture { pg, herd } = fixture("transaction", 2, "workers = 2");
     let verifier = verifier_of(&pg, "app");
-    let config = std::fs::read_to_string(&herd.config_path).unwrap();
-    drop(herd);
-    let body = config
-        .lines()
-        .filter(|l| !l.starts_with("listen"))
-        .collect::<Vec<_>>()
-        .join("\n");
-    let body = body.replacen(
-        "password = \"secret\"",
-        &format!("password = \"{verifier}\""),
-        1,
-    );
-    assert!(body.contains("SCRAM-SHA-256$"));
-    let herd = common::Pgherd::start(&body);
+    let herd = herd.restarted_with(|body| {
+        let body = body.replacen(
+            "password = \"secret\"",
+            &format!("password = \"{verifier}\""),
+            1,
+        );
+        assert!(body.contains("SCRAM-SHA-256$"));
+        body
+    });
     let clients =
         futures_util::future::join_all((0..4).map(|_| connect(herd.port, "app", "secret", "app")))
             .await;

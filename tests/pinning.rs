@@ -6,16 +6,9 @@ mod common;
 
 use std::time::Duration;
 
-use common::{connect, fixture, Fixture};
+use common::{backend_pid, connect, fixture, Fixture};
 use futures_util::StreamExt;
 use tokio_postgres::AsyncMessage;
-
-async fn backend_pid(c: &tokio_postgres::Client) -> i32 {
-    c.query_typed_one("SELECT pg_backend_pid()", &[])
-        .await
-        .unwrap()
-        .get(0)
-}
 
 /// Runs a short transaction on `other` so that, with a small pool, an unpinned client would move servers.
 async fn churn(other: &tokio_postgres::Client) {

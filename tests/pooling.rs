@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{connect, fixture, pgbench, psql, Fixture};
+use common::{backend_pid, connect, fixture, pgbench, psql, Fixture};
 use tokio_postgres::types::Type;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -62,16 +62,8 @@ async fn transaction_mode_lends_a_server_per_transaction() {
     let a = connect(herd.port, "app", "secret", "app").await;
     let b = connect(herd.port, "app", "secret", "app").await;
     // Pool of one: both clients run on the same backend, one transaction at a time.
-    let pid_a: i32 = a
-        .query_typed_one("SELECT pg_backend_pid()", &[])
-        .await
-        .unwrap()
-        .get(0);
-    let pid_b: i32 = b
-        .query_typed_one("SELECT pg_backend_pid()", &[])
-        .await
-        .unwrap()
-        .get(0);
+    let pid_a: i32 = backend_pid(&a).await;
+    let pid_b: i32 = backend_pid(&b).await;
     assert_eq!(pid_a, pid_b);
     // While a holds a transaction open, b waits; when a commits, b goes on.
     a.batch_execute("BEGIN").await.unwrap();
@@ -108,19 +100,11 @@ async fn session_mode_keeps_the_server_and_resets_it() {
         .unwrap()
         .get(0);
     assert_eq!(name, "a-session");
-    let pid_a: i32 = a
-        .query_typed_one("SELECT pg_backend_pid()", &[])
-        .await
-        .unwrap()
-        .get(0);
+    let pid_a: i32 = backend_pid(&a).await;
     drop(a);
     // The next client gets the same backend, reset by DISCARD ALL.
     let b = connect(herd.port, "app", "secret", "app").await;
-    let pid_b: i32 = b
-        .query_typed_one("SELECT pg_backend_pid()", &[])
-        .await
-        .unwrap()
-        .get(0);
+    let pid_b: i32 = backend_pid(&b).await;
     assert_eq!(pid_a, pid_b);
     let err = b.batch_execute("SELECT * FROM mine").await.unwrap_err();
     assert_eq!(err.code().unwrap().code(), "42P01");
@@ -334,15 +318,9 @@ async fn pipelined_queries_share_one_lease_and_all_answer() {
 fn min_pool_size_warms_servers_and_idle_ones_expire() {
     let Fixture { pg, herd } = fixture("transaction", 4, "workers = 2\nserver_idle_timeout = 1");
     // min_pool_size is per database; rewrite the fixture's config with it.
-    let config = std::fs::read_to_string(&herd.config_path).unwrap();
-    drop(herd);
-    let config = config.replacen("pool_size = 4", "pool_size = 4\nmin_pool_size = 2", 1);
-    let body = config
-        .lines()
-        .filter(|l| !l.starts_with("listen"))
-        .collect::<Vec<_>>()
-        .join("\n");
-    let herd = common::Pgherd::start(&body);
+    let herd = herd.restarted_with(|body| {
+        body.replacen("pool_size = 4", "pool_size = 4\nmin_pool_size = 2", 1)
+    });
     // Before any client comes, the pool is filled to min_pool_size, and kept there past server_idle_timeout.
     common::wait_until(Duration::from_secs(10), "two warm servers", || {
         pg.backend_count("app") == 2
@@ -375,21 +353,14 @@ fn min_pool_size_warms_servers_and_idle_ones_expire() {
 #[test]
 fn per_database_and_per_user_client_limits_answer_53300() {
     let Fixture { pg: _pg, herd } = fixture("transaction", 2, "workers = 1");
-    let config = std::fs::read_to_string(&herd.config_path).unwrap();
-    drop(herd);
-    let config = config
-        .replacen("pool_size = 2", "pool_size = 2\nmax_client_conn = 2", 1)
-        .replacen(
-            "auth_type = \"md5\"",
-            "auth_type = \"md5\"\nmax_client_conn = 1",
-            1,
-        );
-    let body = config
-        .lines()
-        .filter(|l| !l.starts_with("listen"))
-        .collect::<Vec<_>>()
-        .join("\n");
-    let herd = common::Pgherd::start(&body);
+    let herd = herd.restarted_with(|body| {
+        body.replacen("pool_size = 2", "pool_size = 2\nmax_client_conn = 2", 1)
+            .replacen(
+                "auth_type = \"md5\"",
+                "auth_type = \"md5\"\nmax_client_conn = 1",
+                1,
+            )
+    });
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
         let _legacy = connect(herd.port, "legacy", "secret", "app").await;

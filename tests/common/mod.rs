@@ -769,6 +769,18 @@ impl Pgherd {
         format!("listen = [\"127.0.0.1:{port}\"]\n{body}")
     }
 
+    /// Stops this pgherd and starts a new one, on a new port, with its configuration (less the listen line)
+    /// changed by `edit`.
+    pub fn restarted_with(self, edit: impl FnOnce(String) -> String) -> Pgherd {
+        let config = fs::read_to_string(&self.config_path).expect("read the config");
+        drop(self);
+        let body: Vec<&str> = config
+            .lines()
+            .filter(|l| !l.starts_with("listen"))
+            .collect();
+        Pgherd::start(&edit(body.join("\n")))
+    }
+
     /// Replaces the config file with `config_body`, keeping the listen line (e.g. before a SIGHUP).
     pub fn rewrite_config(&self, config_body: &str) {
         fs::write(&self.config_path, Self::config_text(self.port, config_body))
@@ -937,4 +949,12 @@ pub fn fixture(mode: &str, pool_size: u32, extra: &str) -> Fixture {
         pg.port
     ));
     Fixture { pg, herd }
+}
+
+/// The PostgreSQL backend a client's next transaction runs on.
+pub async fn backend_pid(c: &tokio_postgres::Client) -> i32 {
+    c.query_typed_one("SELECT pg_backend_pid()", &[])
+        .await
+        .unwrap()
+        .get(0)
 }
