@@ -45,6 +45,7 @@ done
 cat >"$WORK/pgherd.toml" <<CONF
 listen = ["127.0.0.1:$PORT"]
 pool_mode = "transaction"
+max_client_conn = 10000
 auth_type = "scram-sha-256"
 
 [databases.demo]
