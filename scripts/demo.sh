@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Starts a throwaway PostgreSQL 15 cluster, puts pgherd in front of it and prints how to connect.
-# Ctrl-C stops pgherd and the cluster and removes the cluster's directory.
+# Ctrl-C or SIGTERM stops pgherd and the cluster and removes the cluster's directory.
 #   usage: scripts/demo.sh [pgherd port, default 6432]
 set -euo pipefail
 
@@ -62,5 +62,10 @@ echo "PostgreSQL $("$PG_BIN/postgres" --version | awk '{print $3}') on port $PG_
 echo
 echo "    PGPASSWORD=demo $PG_BIN/psql -h 127.0.0.1 -p $PORT -U demo demo"
 echo
-echo "Ctrl-C stops both."
-"$ROOT/target/release/pgherd" --config "$WORK/pgherd.toml"
+echo "Ctrl-C (or SIGTERM to this script) stops both."
+"$ROOT/target/release/pgherd" --config "$WORK/pgherd.toml" &
+HERD_PID=$!
+# Background jobs of a script ignore SIGINT, so pgherd is asked to stop with SIGTERM.
+trap 'kill -TERM "$HERD_PID" 2>/dev/null' INT TERM
+wait "$HERD_PID" || true
+wait "$HERD_PID" 2>/dev/null || true
