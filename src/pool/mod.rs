@@ -51,6 +51,12 @@ pub enum Answer<S> {
     Noted,
 }
 
+/// Whose turn it is: a client waiting here, or a peer that asked.
+enum Turn<W> {
+    Local(W),
+    Peer(usize),
+}
+
 /// One pool's slice on one shard. `W` names a waiting client, `T` orders waits (a monotonic time).
 #[derive(Debug)]
 pub struct PoolShard<S, W, T> {
@@ -151,34 +157,38 @@ impl<S, W: PartialEq, T: Ord + Copy> PoolShard<S, W, T> {
         self.peers_to_withdraw()
     }
 
+    /// Who has waited longest, a local client or a noted peer, taken out of its line.
+    fn next_in_line(&mut self) -> Option<Turn<W>> {
+        let local = self.oldest_wait();
+        let remote = self.wanted_by.front().map(|&(_, since)| since);
+        match (local, remote) {
+            (Some(l), Some(r)) if r < l => {
+                self.wanted_by.pop_front().map(|(peer, _)| Turn::Peer(peer))
+            }
+            (Some(_), _) => self
+                .waiters
+                .pop_front()
+                .map(|(waiter, _)| Turn::Local(waiter)),
+            (None, _) => self.wanted_by.pop_front().map(|(peer, _)| Turn::Peer(peer)),
+        }
+    }
+
     /// A client is done with a healthy server. It goes to whoever has waited longest, here or on a peer.
     /// Also returns the peers to withdraw asks from, if that served the last waiter here.
     pub fn release(&mut self, server: S) -> (Handoff<S, W>, Vec<usize>) {
-        let local = self.oldest_wait();
-        let remote = self.wanted_by.front().map(|&(_, since)| since);
-        let handoff = match (local, remote) {
-            (Some(l), Some(r)) if r < l => self.server_to_peer(server),
-            (Some(_), _) => {
-                let (waiter, _) = self.waiters.pop_front().expect("checked above");
-                Handoff::ToWaiter(waiter, server)
+        match self.next_in_line() {
+            Some(Turn::Local(waiter)) => {
+                (Handoff::ToWaiter(waiter, server), self.peers_to_withdraw())
             }
-            (None, Some(_)) => self.server_to_peer(server),
-            (None, None) => {
+            Some(Turn::Peer(peer)) => {
+                self.open -= 1;
+                (Handoff::ToPeer(peer, server), Vec::new())
+            }
+            None => {
                 self.idle.push(server);
-                Handoff::Idle
+                (Handoff::Idle, Vec::new())
             }
-        };
-        let withdraw = match handoff {
-            Handoff::ToWaiter(..) => self.peers_to_withdraw(),
-            _ => Vec::new(),
-        };
-        (handoff, withdraw)
-    }
-
-    fn server_to_peer(&mut self, server: S) -> Handoff<S, W> {
-        let (peer, _) = self.wanted_by.pop_front().expect("checked by the caller");
-        self.open -= 1;
-        Handoff::ToPeer(peer, server)
+        }
     }
 
     /// A server owned here is gone (closed, broken, or never connected): its budget is free again.
@@ -189,25 +199,18 @@ impl<S, W: PartialEq, T: Ord + Copy> PoolShard<S, W, T> {
     }
 
     fn place_budget(&mut self) -> Freed<W> {
-        let local = self.oldest_wait();
-        let remote = self.wanted_by.front().map(|&(_, since)| since);
-        match (local, remote) {
-            (Some(l), Some(r)) if r < l => self.budget_to_peer(),
-            (Some(_), _) => {
-                let (waiter, _) = self.waiters.pop_front().expect("checked above");
-                self.budget -= 1;
+        let turn = self.next_in_line();
+        if turn.is_some() {
+            self.budget -= 1;
+        }
+        match turn {
+            Some(Turn::Local(waiter)) => {
                 self.open += 1;
                 Freed::Connect(waiter)
             }
-            (None, Some(_)) => self.budget_to_peer(),
-            (None, None) => Freed::Kept,
+            Some(Turn::Peer(peer)) => Freed::ToPeer(peer),
+            None => Freed::Kept,
         }
-    }
-
-    fn budget_to_peer(&mut self) -> Freed<W> {
-        let (peer, _) = self.wanted_by.pop_front().expect("checked by the caller");
-        self.budget -= 1;
-        Freed::ToPeer(peer)
     }
 
     /// `peer` has had a client waiting since `since` and asks for a server.

@@ -21,6 +21,8 @@ pub const UNKNOWN: Fingerprint = u64::MAX;
 pub struct StartupParams {
     /// Lower-case name and value, sorted by name, each name once (the last one given wins).
     settings: Vec<(String, String)>,
+    /// Computed once: it is compared at every lease.
+    fingerprint: Fingerprint,
 }
 
 impl StartupParams {
@@ -50,17 +52,22 @@ impl StartupParams {
             }
         }
         settings.sort();
-        Ok(StartupParams { settings })
+        let fingerprint = if settings.is_empty() {
+            FRESH
+        } else {
+            let mut hasher = std::hash::DefaultHasher::new();
+            settings.hash(&mut hasher);
+            hasher.finish().clamp(FRESH + 1, UNKNOWN - 1)
+        };
+        Ok(StartupParams {
+            settings,
+            fingerprint,
+        })
     }
 
     /// Identifies this set of settings; equal sets give equal fingerprints, and none gives [`FRESH`].
     pub fn fingerprint(&self) -> Fingerprint {
-        if self.settings.is_empty() {
-            return FRESH;
-        }
-        let mut hasher = std::hash::DefaultHasher::new();
-        self.settings.hash(&mut hasher);
-        hasher.finish().clamp(FRESH + 1, UNKNOWN - 1)
+        self.fingerprint
     }
 
     /// The value this client asked for `name` (case-insensitive), to report in its ParameterStatus.

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use futures_lite::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use glommio::net::TcpStream;
 
-use super::params::{Fingerprint, StartupParams, FRESH, UNKNOWN};
+use super::params::{StartupParams, FRESH, UNKNOWN};
 use super::pinning::{self, Pins};
 use super::state::{ClientMessage, Tracker};
 use super::Fatal;
@@ -51,7 +51,6 @@ pub struct Relay<'a> {
     tx: Tracker,
     /// The client's startup settings, applied to each server it leases unless that server already has them.
     settings: Rc<StartupParams>,
-    wanted: Fingerprint,
     /// The client reset or discarded settings on its server: the server's settings are unknown now.
     settings_changed: bool,
     /// Session state the server holds for this client (see `pinning`): while any, the client keeps its server.
@@ -74,7 +73,6 @@ impl<'a> Relay<'a> {
     pub fn new(shard: &'a Shard, key: PoolKey, pid: u32, settings: Rc<StartupParams>) -> Relay<'a> {
         Relay {
             shard,
-            wanted: settings.fingerprint(),
             settings,
             settings_changed: false,
             key,
@@ -227,7 +225,7 @@ impl<'a> Relay<'a> {
         // Boxed so the connect path's state is not part of every idle client's task.
         match Box::pin(self.shard.acquire(self.key, deadline)).await {
             Ok(mut server) => {
-                if server.settings != self.wanted {
+                if server.settings != self.settings.fingerprint() {
                     if !Box::pin(server.run(&self.settings.apply_sql(), CLEANUP_TIMEOUT)).await {
                         // PostgreSQL would have refused this login; the server may be fine, but is not known to be.
                         drop(server);
@@ -237,7 +235,7 @@ impl<'a> Relay<'a> {
                             "PostgreSQL refused a setting from the startup packet",
                         ));
                     }
-                    server.settings = self.wanted;
+                    server.settings = self.settings.fingerprint();
                 }
                 self.shard.clients.set_server(self.pid, Some(server.key));
                 self.from_server = Scanner::default();
