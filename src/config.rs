@@ -89,6 +89,10 @@ struct File {
     /// Seconds after which a server is closed when next idle. Default 3600.
     #[serde(default = "secs::<3600>", deserialize_with = "seconds")]
     server_lifetime: Duration,
+    /// Prepared statements each server connection keeps for transaction-mode clients; beyond this the least
+    /// recently used is closed, and prepared again if a client needs it. Must be at least 1. Default 200.
+    #[serde(default = "default_max_prepared_statements")]
+    max_prepared_statements: usize,
     /// Query run on a server when a session-mode client leaves. Default "DISCARD ALL"; "" runs nothing.
     #[serde(default = "default_reset_query")]
     server_reset_query: String,
@@ -157,6 +161,9 @@ fn default_auth_type() -> AuthType {
 fn default_backlog() -> u32 {
     4096
 }
+fn default_max_prepared_statements() -> usize {
+    200
+}
 fn default_reset_query() -> String {
     "DISCARD ALL".into()
 }
@@ -204,6 +211,7 @@ pub struct Config {
     pub server_idle_timeout: Duration,
     pub server_lifetime: Duration,
     pub server_reset_query: String,
+    pub max_prepared_statements: usize,
     pub shutdown_timeout: Duration,
     pub log_level: LogLevel,
     pub databases: Vec<Database>,
@@ -316,6 +324,12 @@ impl Config {
                 format!("workers: {} is more than the 128 supported", file.workers),
             ));
         }
+        if file.max_prepared_statements == 0 {
+            return Err(fail(
+                "max_prepared_statements",
+                "max_prepared_statements: must be at least 1".into(),
+            ));
+        }
         let mut databases = Vec::new();
         for (name, d) in file.databases {
             let header = format!("[databases.{name}]");
@@ -369,6 +383,7 @@ impl Config {
             server_idle_timeout: file.server_idle_timeout,
             server_lifetime: file.server_lifetime,
             server_reset_query: file.server_reset_query,
+            max_prepared_statements: file.max_prepared_statements,
             shutdown_timeout: file.shutdown_timeout,
             log_level: file.log_level,
             databases,

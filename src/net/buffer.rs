@@ -62,6 +62,42 @@ impl IoBuf {
         }
     }
 
+    /// Replaces the first `old` unscanned bytes with `new`, moving what follows; false (and nothing changed)
+    /// when the buffer has no room for the difference.
+    pub fn splice(&mut self, old: usize, new: &[u8]) -> bool {
+        let at = self.scanned;
+        let tail = at + old..self.end;
+        let end = self.end - old + new.len();
+        if end > self.data.len() {
+            if end - self.start > self.data.len() {
+                return false;
+            }
+            // Make room at the back by moving everything to the front first.
+            self.data.copy_within(self.start..self.end, 0);
+            self.scanned -= self.start;
+            self.end -= self.start;
+            self.start = 0;
+            return self.splice(old, new);
+        }
+        self.data.copy_within(tail, at + new.len());
+        self.data[at..at + new.len()].copy_from_slice(new);
+        self.end = end;
+        true
+    }
+
+    /// Appends bytes that are framed already, ready to send; false when they do not fit.
+    pub fn push(&mut self, bytes: &[u8]) -> bool {
+        debug_assert!(self.unscanned().is_empty());
+        let fits = self.splice(0, bytes);
+        self.scanned = self.end;
+        fits
+    }
+
+    /// Mutable access to the unscanned bytes, to rewrite a message in place.
+    pub fn unscanned_mut(&mut self) -> &mut [u8] {
+        &mut self.data[self.scanned..self.end]
+    }
+
     /// Drops received bytes that are not framed yet (what a client sent after Terminate).
     pub fn truncate_unscanned(&mut self) {
         self.end = self.scanned;
@@ -133,6 +169,33 @@ mod tests {
         b.sent(2);
         assert!(b.is_empty());
         assert_eq!(b.spare().len(), BUFFER_SIZE);
+    }
+
+    #[test]
+    fn splice_replaces_unscanned_bytes_and_keeps_the_rest() {
+        let mut b = IoBuf::new();
+        assert!(b.push(b"sent"));
+        b.spare()[..9].copy_from_slice(b"HEADrest!");
+        b.received(9);
+        assert!(b.splice(4, b"longer head "));
+        assert_eq!(b.unscanned(), b"longer head rest!");
+        assert!(b.splice(7, b""));
+        assert_eq!(b.unscanned(), b"head rest!");
+        assert_eq!(b.to_send(), b"sent");
+    }
+
+    #[test]
+    fn splice_compacts_or_refuses_when_full() {
+        let mut b = IoBuf::new();
+        b.received(BUFFER_SIZE);
+        b.scanned(10);
+        b.sent(10);
+        // 10 bytes free at the front: growth by 10 fits, by 11 does not.
+        assert!(!b.splice(1, &[0; 12]));
+        assert_eq!(b.unscanned().len(), BUFFER_SIZE - 10);
+        assert!(b.splice(1, &[7; 11]));
+        assert_eq!(b.unscanned().len(), BUFFER_SIZE);
+        assert_eq!(b.unscanned()[..11], [7; 11]);
     }
 
     #[test]

@@ -60,6 +60,17 @@ pub fn startup(buf: &[u8]) -> Result<Option<(&[u8], usize)>, FrameError> {
     Ok(buf.get(4..len).map(|body| (body, len)))
 }
 
+/// How much of a message's body [`Scanner::scan`] waits for before showing the message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Want {
+    /// The tag alone; the body streams.
+    Tag,
+    /// The whole body when it is at most this long; a longer one streams and is shown as `None`.
+    Whole(usize),
+    /// The first bytes of the body, up to this many (all of a shorter body): where its names are.
+    Head(usize),
+}
+
 /// What the caller wants done with a message the scanner found.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Flow {
@@ -82,16 +93,15 @@ impl Scanner {
         self.body_left == 0
     }
 
-    /// Scans `buf`, which starts where the previous call stopped. `on` sees each message start with its tag and,
-    /// when `read_whole(tag)` and the body fits in `max_whole`, the whole body (the scan pauses until it is in
-    /// `buf`); a longer one streams and `on` gets `None`. Returns how many bytes of `buf` are scanned and may be
-    /// forwarded.
+    /// Scans `buf`, which starts where the previous call stopped. `on` sees each message start with its tag and
+    /// the part of the body `want(tag)` asks for (the scan pauses until that part is in `buf`), or `None` when
+    /// it asked for none or for a whole body that is too long. Returns how many bytes of `buf` are scanned and
+    /// may be forwarded.
     pub fn scan(
         &mut self,
         buf: &[u8],
         max_len: usize,
-        max_whole: usize,
-        read_whole: impl Fn(u8) -> bool,
+        want: impl Fn(u8) -> Want,
         mut on: impl FnMut(u8, Option<&[u8]>) -> Flow,
     ) -> Result<usize, FrameError> {
         let mut pos = 0;
@@ -112,14 +122,17 @@ impl Scanner {
             if len < 4 || len > max_len {
                 return Err(FrameError::BadLength { tag, len });
             }
-            let whole = read_whole(tag) && len - 4 <= max_whole;
-            let body = if whole {
-                match rest.get(5..1 + len) {
+            let shown = match want(tag) {
+                Want::Tag => None,
+                Want::Whole(max) => Some(len - 4).filter(|&n| n <= max),
+                Want::Head(max) => Some((len - 4).min(max)),
+            };
+            let body = match shown {
+                None => None,
+                Some(n) => match rest.get(5..5 + n) {
                     Some(body) => Some(body),
                     None => return Ok(pos),
-                }
-            } else {
-                None
+                },
             };
             if on(tag, body) == Flow::Stop {
                 return Ok(pos);
@@ -127,6 +140,13 @@ impl Scanner {
             pos += 5;
             self.body_left = len - 4;
         }
+    }
+
+    /// The caller forwarded a message's header and the first part of its body itself (rewritten); the scan
+    /// resumes by streaming the `rest` of that body.
+    pub fn resume_in_body(&mut self, rest: usize) {
+        debug_assert!(self.at_boundary());
+        self.body_left = rest;
     }
 }
 
@@ -154,8 +174,13 @@ mod tests {
                 .scan(
                     &buf,
                     MAX,
-                    64,
-                    |t| t == b'Z',
+                    |t| {
+                        if t == b'Z' {
+                            Want::Whole(64)
+                        } else {
+                            Want::Tag
+                        }
+                    },
                     |t, b| {
                         seen.push((t, b.map(<[u8]>::to_vec)));
                         Flow::Pass
@@ -197,12 +222,12 @@ mod tests {
         let mut scanner = Scanner::default();
         // Only the first 5 + 100 bytes are present: all of them can be forwarded already.
         let n = scanner
-            .scan(&stream[..105], MAX, 64, |_| false, |_, _| Flow::Pass)
+            .scan(&stream[..105], MAX, |_| Want::Tag, |_, _| Flow::Pass)
             .unwrap();
         assert_eq!(n, 105);
         assert!(!scanner.at_boundary());
         let n = scanner
-            .scan(&stream[105..], MAX, 64, |_| false, |_, _| Flow::Pass)
+            .scan(&stream[105..], MAX, |_| Want::Tag, |_, _| Flow::Pass)
             .unwrap();
         assert_eq!(n, stream.len() - 105);
         assert!(scanner.at_boundary());
@@ -214,13 +239,13 @@ mod tests {
         let mut bad = vec![b'Q'];
         bad.extend_from_slice(&3u32.to_be_bytes());
         assert_eq!(
-            scanner.scan(&bad, MAX, 64, |_| false, |_, _| Flow::Pass),
+            scanner.scan(&bad, MAX, |_| Want::Tag, |_, _| Flow::Pass),
             Err(FrameError::BadLength { tag: b'Q', len: 3 })
         );
         let mut huge = vec![b'Q'];
         huge.extend_from_slice(&u32::MAX.to_be_bytes());
         assert!(scanner
-            .scan(&huge, MAX, 64, |_| false, |_, _| Flow::Pass)
+            .scan(&huge, MAX, |_| Want::Tag, |_, _| Flow::Pass)
             .is_err());
         // A message too long to read whole streams instead, without its body.
         let long_status = msg(b'Z', &[b'I'; 100]);
@@ -229,8 +254,7 @@ mod tests {
             .scan(
                 &long_status,
                 MAX,
-                64,
-                |t| t == b'Z',
+                |_| Want::Whole(64),
                 |_, body| {
                     bodies.push(body.is_some());
                     Flow::Pass
@@ -250,12 +274,36 @@ mod tests {
             .scan(
                 &stream,
                 MAX,
-                64,
-                |_| false,
+                |_| Want::Tag,
                 |t, _| if t == b'X' { Flow::Stop } else { Flow::Pass },
             )
             .unwrap();
         assert_eq!(n, terminate_at);
+    }
+
+    #[test]
+    fn a_head_is_shown_once_it_has_arrived() {
+        let stream = msg(b'B', &[b'x'; 100]);
+        let mut heads = Vec::new();
+        let mut scanner = Scanner::default();
+        let mut on = |_, body: Option<&[u8]>| {
+            heads.push(body.map(<[u8]>::len));
+            Flow::Pass
+        };
+        assert_eq!(
+            scanner.scan(&stream[..20], MAX, |_| Want::Head(30), &mut on),
+            Ok(0)
+        );
+        assert_eq!(
+            scanner.scan(&stream, MAX, |_| Want::Head(30), &mut on),
+            Ok(stream.len())
+        );
+        let short = msg(b'B', b"ab");
+        assert_eq!(
+            Scanner::default().scan(&short, MAX, |_| Want::Head(30), &mut on),
+            Ok(short.len())
+        );
+        assert_eq!(heads, vec![Some(30), Some(2)]);
     }
 
     #[test]

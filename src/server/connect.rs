@@ -157,6 +157,7 @@ async fn login(
                     created: now,
                     idle_since: now,
                     settings: FRESH,
+                    statements: Default::default(),
                 });
             }
             other => {

@@ -12,9 +12,10 @@ use std::time::Instant;
 use futures_lite::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use glommio::net::TcpStream;
 
-use crate::proto::frame::{Flow, Scanner};
+use crate::proto::frame::{Flow, Scanner, Want};
 use crate::proto::{encode, MAX_MESSAGE_LEN};
 use crate::session::params::Fingerprint;
+use crate::session::statements::ServerStatements;
 
 /// A logged-in server connection that no client is using mid-message.
 pub struct Server {
@@ -27,6 +28,8 @@ pub struct Server {
     pub idle_since: Instant,
     /// Which client settings the session has (see `session::params`).
     pub settings: Fingerprint,
+    /// The prepared statements it holds for transaction-mode clients.
+    pub statements: ServerStatements,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -44,6 +47,7 @@ pub struct Transfer {
     params: Vec<(String, String)>,
     created: Instant,
     settings: Fingerprint,
+    statements: ServerStatements,
 }
 
 impl Server {
@@ -69,6 +73,7 @@ impl Server {
             params: self.params,
             created: self.created,
             settings: self.settings,
+            statements: self.statements,
         })
     }
 
@@ -83,6 +88,7 @@ impl Server {
             created: t.created,
             idle_since: Instant::now(),
             settings: t.settings,
+            statements: t.statements,
         }
     }
 
@@ -116,8 +122,13 @@ impl Server {
                 .scan(
                     &buf[..have],
                     MAX_MESSAGE_LEN,
-                    16,
-                    |t| t == b'Z',
+                    |t| {
+                        if t == b'Z' {
+                            Want::Whole(16)
+                        } else {
+                            Want::Tag
+                        }
+                    },
                     |tag, body| {
                         match (tag, body) {
                             (b'Z', Some(&[s])) => status = Some(s),

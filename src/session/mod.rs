@@ -2,11 +2,13 @@
 //! the pooler and where it is told, with a PostgreSQL SQLSTATE, why it is being closed.
 
 pub mod cancel;
+mod intern;
 mod login;
 pub mod params;
 mod pinning;
 mod relay;
 pub mod state;
+pub mod statements;
 
 use std::net::SocketAddr;
 use std::os::fd::AsRawFd;
@@ -113,7 +115,7 @@ pub async fn serve(shard: Rc<Shard>, mut stream: TcpStream, peer: SocketAddr) {
     let result = match Box::pin(stream.write_all(&greeting)).await {
         Ok(()) => {
             drop(greeting);
-            let settings = shard.settings.intern(who.settings);
+            let settings = shard.settings.settings(who.settings);
             relay::Relay::new(&shard, who.key, pid, settings)
                 .run(&mut stream)
                 .await

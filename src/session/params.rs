@@ -2,10 +2,8 @@
 //! DateStyle, TimeZone, `options=-c name=value`, ...). PostgreSQL applies them at login; pgherd applies them to
 //! whichever server the client leases, and only when that server was last set up for different ones.
 
-use std::cell::RefCell;
-use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
-use std::rc::{Rc, Weak};
+use std::rc::Rc;
 
 /// Startup keys that are not settings.
 const NOT_SETTINGS: [&str; 4] = ["user", "database", "replication", "options"];
@@ -96,29 +94,11 @@ impl StartupParams {
 
 /// The shard's distinct startup-setting sets, shared by the clients that use them: the clients of one
 /// application usually all send the same ones.
-#[derive(Default)]
-pub struct Interned {
-    sets: RefCell<HashMap<Fingerprint, Weak<StartupParams>>>,
-}
+pub type Interned = super::intern::Interner<Fingerprint, StartupParams>;
 
 impl Interned {
-    pub fn intern(&self, params: StartupParams) -> Rc<StartupParams> {
-        let mut sets = self.sets.borrow_mut();
-        let fingerprint = params.fingerprint();
-        if let Some(shared) = sets
-            .get(&fingerprint)
-            .and_then(Weak::upgrade)
-            .filter(|p| **p == params)
-        {
-            return shared;
-        }
-        // Sets no client uses any more are dropped as the map grows, so its size follows the live clients.
-        if sets.len() >= 64 && sets.len().is_power_of_two() {
-            sets.retain(|_, set| set.strong_count() > 0);
-        }
-        let shared = Rc::new(params);
-        sets.insert(fingerprint, Rc::downgrade(&shared));
-        shared
+    pub fn settings(&self, params: StartupParams) -> Rc<StartupParams> {
+        self.intern(params.fingerprint(), params, |p, q| p == q, |p| p)
     }
 }
 
@@ -226,9 +206,9 @@ mod tests {
     #[test]
     fn equal_sets_are_shared() {
         let interned = Interned::default();
-        let a = interned.intern(params(&[("application_name", "x")]).unwrap());
-        let b = interned.intern(params(&[("application_name", "x")]).unwrap());
-        let c = interned.intern(params(&[("application_name", "y")]).unwrap());
+        let a = interned.settings(params(&[("application_name", "x")]).unwrap());
+        let b = interned.settings(params(&[("application_name", "x")]).unwrap());
+        let c = interned.settings(params(&[("application_name", "y")]).unwrap());
         assert!(Rc::ptr_eq(&a, &b));
         assert!(!Rc::ptr_eq(&a, &c));
     }

@@ -67,14 +67,15 @@ pub struct Effects {
     pub clears: Pins,
 }
 
-/// What a client message does to session state: SQL in a Query or Parse, and a named prepared statement. SQL
-/// too long to have been read whole (`body` is `None`) cannot be scanned, which pins for good.
+/// What a client message does to session state: the SQL in a Query or Parse (protocol-level prepared
+/// statements themselves move between servers, see `statements`). SQL too long to have been read whole
+/// (`body` is `None`) cannot be scanned, which pins for good.
 pub fn message_effects(tag: u8, body: Option<&[u8]>) -> Effects {
     let mut fields = body.map(|b| b.split(|&c| c == 0));
     let mut next = || fields.as_mut().and_then(Iterator::next);
-    let (named, sql) = match tag {
-        b'Q' => (false, next()),
-        b'P' => (next().is_some_and(|name| !name.is_empty()), next()),
+    let sql = match tag {
+        b'Q' => next(),
+        b'P' => next().and_then(|_name| next()),
         _ => return Effects::default(),
     };
     let Some(sql) = sql else {
@@ -83,11 +84,7 @@ pub fn message_effects(tag: u8, body: Option<&[u8]>) -> Effects {
             clears: Pins::default(),
         };
     };
-    let mut effects = scan(&String::from_utf8_lossy(sql));
-    if named {
-        effects.creates.insert(Pins::PREPARED);
-    }
-    effects
+    scan(&String::from_utf8_lossy(sql))
 }
 
 /// Scans SQL text (one or more statements) for session state it creates or clears. One pass, no allocation:
@@ -380,7 +377,7 @@ mod tests {
         );
         assert_eq!(
             message_effects(b'P', Some(b"s1\0SELECT 1\0\0\0")).creates,
-            Pins::PREPARED
+            Pins::default()
         );
         assert_eq!(message_effects(b'Q', None).creates, Pins::PERMANENT);
         assert_eq!(message_effects(b'B', None), Effects::default());

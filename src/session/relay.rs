@@ -15,11 +15,12 @@ use glommio::net::TcpStream;
 use super::params::{StartupParams, FRESH, UNKNOWN};
 use super::pinning::{self, Pins};
 use super::state::{ClientMessage, Tracker};
+use super::statements::{self, Action, Reply, Statements};
 use super::Fatal;
 use crate::config::PoolMode;
 use crate::info;
 use crate::net::buffer::{BufferPool, IoBuf};
-use crate::proto::frame::{Flow, Scanner};
+use crate::proto::frame::{Flow, Scanner, Want};
 use crate::proto::{sqlstate, MAX_MESSAGE_LEN};
 use crate::server::{self, Server};
 use crate::shard::{AcquireError, PoolKey, Shard};
@@ -46,6 +47,11 @@ pub struct Relay<'a> {
     server: Option<Box<Server>>,
     c2s: Option<IoBuf>,
     s2c: Option<IoBuf>,
+    /// Rewritten client bytes that did not fit in `c2s`: sent after its first `before_prefix` bytes.
+    prefix: Option<IoBuf>,
+    before_prefix: usize,
+    /// A client message waits for `prefix` to be sent before it can be rewritten.
+    blocked: bool,
     from_client: Scanner,
     from_server: Scanner,
     tx: Tracker,
@@ -55,10 +61,21 @@ pub struct Relay<'a> {
     settings_changed: bool,
     /// Session state the server holds for this client (see `pinning`): while any, the client keeps its server.
     pins: Pins,
+    /// The client's prepared statements, when its server changes between transactions.
+    statements: Statements,
     /// The client sent Terminate: forward what came before it, then finish.
     terminated: bool,
     /// Tag of the last message from the server, to know whether it explained its own exit.
     last_server_tag: u8,
+}
+
+/// How far [`Relay::scan_client`] got.
+enum Scanned {
+    All,
+    /// A message's rewrite depends on the server: lease one, then scan on.
+    NeedServer,
+    /// A message's rewrite waits for the prefix to be sent.
+    Blocked,
 }
 
 enum Event {
@@ -81,10 +98,14 @@ impl<'a> Relay<'a> {
             server: None,
             c2s: None,
             s2c: None,
+            prefix: None,
+            before_prefix: 0,
+            blocked: false,
             from_client: Scanner::default(),
             from_server: Scanner::default(),
             tx: Tracker::default(),
             pins: Pins::default(),
+            statements: Statements::default(),
             terminated: false,
             last_server_tag: 0,
         }
@@ -98,7 +119,7 @@ impl<'a> Relay<'a> {
             Box::pin(self.flush_to_client(client)).await;
         }
         Box::pin(self.finish()).await;
-        for slot in [&mut self.c2s, &mut self.s2c] {
+        for slot in [&mut self.c2s, &mut self.s2c, &mut self.prefix] {
             // Whatever is left was for a peer that is gone.
             if let Some(buf) = slot.take() {
                 self.shard.buffers.give(buf.emptied());
@@ -116,6 +137,8 @@ impl<'a> Relay<'a> {
                 read_client: !self.terminated,
                 c2s: &mut self.c2s,
                 s2c: &mut self.s2c,
+                prefix: &mut self.prefix,
+                before_prefix: &mut self.before_prefix,
                 buffers: &self.shard.buffers,
             };
             let event = if stalling {
@@ -130,6 +153,11 @@ impl<'a> Relay<'a> {
                 io.await
             };
             match event {
+                Event::Wrote
+                    if self.blocked && self.prefix.as_ref().is_none_or(IoBuf::is_empty) =>
+                {
+                    self.client_sent().await?
+                }
                 Event::Wrote => {}
                 Event::ClientRead => self.client_sent().await?,
                 Event::ServerRead => self.server_sent()?,
@@ -150,6 +178,7 @@ impl<'a> Relay<'a> {
             }
             self.shard.buffers.give_if_empty(&mut self.c2s);
             self.shard.buffers.give_if_empty(&mut self.s2c);
+            self.shard.buffers.give_if_empty(&mut self.prefix);
         }
     }
 
@@ -161,61 +190,142 @@ impl<'a> Relay<'a> {
 
     /// Nothing from the client is half-framed or waiting to reach the server.
     fn client_quiet(&self) -> bool {
-        self.from_client.at_boundary() && self.c2s.as_ref().is_none_or(IoBuf::is_empty)
+        self.from_client.at_boundary()
+            && self.c2s.as_ref().is_none_or(IoBuf::is_empty)
+            && self.prefix.as_ref().is_none_or(IoBuf::is_empty)
     }
 
     async fn client_sent(&mut self) -> Result<(), Fatal> {
-        let buf = self.c2s.as_mut().expect("a client read fills c2s");
-        let (tx, pins, changed) = (&mut self.tx, &mut self.pins, &mut self.settings_changed);
-        let was_pinned = *pins;
-        let mut verdict = ClientMessage::Forward;
-        let n = self
-            .from_client
-            .scan(
-                buf.unscanned(),
-                MAX_MESSAGE_LEN,
-                MAX_SCANNED_SQL,
-                |tag| tag == b'Q' || tag == b'P',
-                |tag, body| match tx.client(tag) {
-                    ClientMessage::Forward => {
-                        let effects = pinning::message_effects(tag, body);
-                        // Clears first, then creates: "DISCARD ALL; LISTEN x" leaves the client pinned.
-                        pins.remove(effects.clears);
-                        pins.insert(effects.creates);
-                        *changed |= !effects.clears.is_empty();
-                        Flow::Pass
-                    }
-                    other => {
-                        verdict = other;
+        loop {
+            let mut buf = self.c2s.take().expect("called with client bytes received");
+            let step = self.scan_client(&mut buf);
+            self.c2s = Some(buf);
+            match step? {
+                Scanned::All | Scanned::Blocked => break,
+                Scanned::NeedServer => self.lease().await?,
+            }
+        }
+        let to_send = |b: &Option<IoBuf>| b.as_ref().is_some_and(|b| !b.to_send().is_empty());
+        if self.server.is_none() && (to_send(&self.c2s) || to_send(&self.prefix)) {
+            self.lease().await?;
+        }
+        Ok(())
+    }
+
+    /// Frames what the client sent, one message at a time, rewriting what `statements` asks.
+    fn scan_client(&mut self, buf: &mut IoBuf) -> Result<Scanned, Fatal> {
+        let tracking = self.mode != PoolMode::Session;
+        self.blocked = false;
+        loop {
+            let mut found = None;
+            let n = self
+                .from_client
+                .scan(
+                    buf.unscanned(),
+                    MAX_MESSAGE_LEN,
+                    |tag| match tag {
+                        b'Q' | b'P' => Want::Whole(MAX_SCANNED_SQL),
+                        b'B' | b'D' | b'C' if tracking => Want::Head(2 * statements::MAX_NAMES),
+                        _ => Want::Tag,
+                    },
+                    |tag, body| {
+                        found = Some((tag, body.map(<[u8]>::len)));
                         Flow::Stop
-                    }
-                },
-            )
-            .map_err(|e| Fatal::protocol(e.to_string()))?;
-        buf.scanned(n);
+                    },
+                )
+                .map_err(|e| Fatal::protocol(e.to_string()))?;
+            buf.scanned(n);
+            let Some((tag, shown)) = found else {
+                return Ok(Scanned::All);
+            };
+            let message = buf.unscanned();
+            let len = u32::from_be_bytes([message[1], message[2], message[3], message[4]]) as usize;
+            let body = shown.map(|n| &message[5..5 + n]);
+            let effects = pinning::message_effects(tag, body);
+            let action = if !tracking {
+                Action::Pass
+            } else if self.prefix.as_ref().is_some_and(|p| !p.is_empty()) && b"PBDCQ".contains(&tag)
+            {
+                // One rewrite in flight at a time: the prefix must go out first.
+                self.blocked = true;
+                return Ok(Scanned::Blocked);
+            } else {
+                let cx = statements::Context {
+                    registry: &self.shard.statements,
+                    settings: self.settings.fingerprint(),
+                    server: self.server.as_mut().map(|s| &mut s.statements),
+                    cap: self.shard.config().max_prepared_statements,
+                };
+                if tag == b'Q' {
+                    self.statements
+                        .query(effects.clears.contains(Pins::PREPARED), cx)
+                } else {
+                    self.statements.client(tag, len, body, cx)
+                }
+            };
+            let (head, bytes) = match action {
+                Action::NeedServer => return Ok(Scanned::NeedServer),
+                Action::Rewrite { head: 0, bytes } => {
+                    // Only bytes to put before the message: it is looked at again after them.
+                    self.rewrite(buf, 0, &bytes);
+                    continue;
+                }
+                Action::Rewrite { head, bytes } => (head, Some(bytes)),
+                Action::Pass => (5, None),
+            };
+            self.client_message(tag, effects)?;
+            if self.terminated {
+                // Terminate itself and anything after it are not forwarded.
+                buf.truncate_unscanned();
+                return Ok(Scanned::All);
+            }
+            match bytes {
+                Some(bytes) => self.rewrite(buf, head, &bytes),
+                None => buf.scanned(head),
+            }
+            self.from_client.resume_in_body(1 + len - head);
+        }
+    }
+
+    /// Puts `bytes` in place of the first `head` unscanned bytes of `buf`, or, when they do not fit, in the
+    /// prefix that goes out after what `buf` has ready.
+    fn rewrite(&mut self, buf: &mut IoBuf, head: usize, bytes: &[u8]) {
+        if buf.splice(head, bytes) {
+            buf.scanned(bytes.len());
+            return;
+        }
+        let prefix = self.prefix.get_or_insert_with(|| self.shard.buffers.take());
+        let fits = prefix.push(bytes);
+        assert!(
+            fits,
+            "a rewrite is at most a scanned message and a few names"
+        );
+        self.before_prefix = buf.to_send().len();
+        buf.splice(head, &[]);
+    }
+
+    /// What a client message does to the transaction and to the session state that pins it.
+    fn client_message(&mut self, tag: u8, effects: pinning::Effects) -> Result<(), Fatal> {
+        match self.tx.client(tag) {
+            ClientMessage::Forward => {}
+            ClientMessage::Terminate => self.terminated = true,
+            ClientMessage::Invalid => {
+                return Err(Fatal::protocol(format!(
+                    "invalid frontend message type {tag}"
+                )))
+            }
+        }
+        let was_pinned = self.pins;
+        // Clears first, then creates: "DISCARD ALL; LISTEN x" leaves the client pinned.
+        self.pins.remove(effects.clears);
+        self.pins.insert(effects.creates);
+        self.settings_changed |= !effects.clears.is_empty();
         if self.pins != was_pinned && self.mode == PoolMode::Transaction {
             if was_pinned.is_empty() {
                 info!("client pid {} keeps its server: {}", self.pid, self.pins);
             } else if self.pins.is_empty() {
                 info!("client pid {} returns to pooling", self.pid);
             }
-        }
-        match verdict {
-            ClientMessage::Forward => {}
-            ClientMessage::Terminate => self.terminated = true,
-            ClientMessage::Invalid => {
-                let tag = buf.unscanned()[0];
-                return Err(Fatal::protocol(format!(
-                    "invalid frontend message type {tag}"
-                )));
-            }
-        }
-        if self.terminated {
-            // Terminate itself and anything after it are not forwarded.
-            buf.truncate_unscanned();
-        }
-        if self.server.is_none() && !buf.to_send().is_empty() {
-            self.lease().await?;
         }
         Ok(())
     }
@@ -252,34 +362,10 @@ impl<'a> Relay<'a> {
     }
 
     fn server_sent(&mut self) -> Result<(), Fatal> {
-        let buf = self.s2c.as_mut().expect("a server read fills s2c");
-        let (tx, last) = (&mut self.tx, &mut self.last_server_tag);
-        let mut broken = false;
-        let n = self
-            .from_server
-            .scan(
-                buf.unscanned(),
-                MAX_MESSAGE_LEN,
-                MAX_WHOLE_SERVER_MESSAGE,
-                |tag| tag == b'Z',
-                |tag, body| {
-                    *last = tag;
-                    match (tag, body) {
-                        (b'Z', Some(&[status])) => tx.ready(status),
-                        (b'Z', _) => broken = true,
-                        _ => {}
-                    }
-                    Flow::Pass
-                },
-            )
-            .map_err(|e| Fatal::new(sqlstate::PROTOCOL_VIOLATION, format!("server sent {e}")))?;
-        buf.scanned(n);
-        if broken {
-            return Err(Fatal::new(
-                sqlstate::PROTOCOL_VIOLATION,
-                "server sent a malformed ReadyForQuery",
-            ));
-        }
+        let mut buf = self.s2c.take().expect("a server read fills s2c");
+        let result = self.scan_server(&mut buf);
+        self.s2c = Some(buf);
+        result?;
         if self.mode == PoolMode::Statement && self.tx.settled() && self.tx.in_transaction() {
             return Err(Fatal::new(
                 sqlstate::FEATURE_NOT_SUPPORTED,
@@ -289,6 +375,79 @@ impl<'a> Relay<'a> {
         Ok(())
     }
 
+    /// Frames what the server sent: ReadyForQuery ends a batch, and when statements are tracked, replies to
+    /// Parse and Close are matched with what pgherd sent (hidden, passed, or turned into a ParseComplete).
+    fn scan_server(&mut self, buf: &mut IoBuf) -> Result<(), Fatal> {
+        let tracking = self.mode != PoolMode::Session;
+        let server = self.server.as_mut().expect("only a leased server sends");
+        loop {
+            let (tx, last, statements) = (
+                &mut self.tx,
+                &mut self.last_server_tag,
+                &mut self.statements,
+            );
+            let (mut broken, mut found) = (false, None);
+            let n = self
+                .from_server
+                .scan(
+                    buf.unscanned(),
+                    MAX_MESSAGE_LEN,
+                    |tag| match tag {
+                        b'Z' => Want::Whole(MAX_WHOLE_SERVER_MESSAGE),
+                        _ => Want::Tag,
+                    },
+                    |tag, body| {
+                        *last = tag;
+                        match (tag, body) {
+                            (b'Z', Some(&[status])) => {
+                                tx.ready(status);
+                                if tracking {
+                                    statements.ready(&mut server.statements);
+                                }
+                            }
+                            (b'Z', _) => broken = true,
+                            (b'E', _) if tracking => statements.error(&mut server.statements),
+                            (b'1' | b'3', _) if tracking => {
+                                found = Some(tag);
+                                return Flow::Stop;
+                            }
+                            _ => {}
+                        }
+                        Flow::Pass
+                    },
+                )
+                .map_err(|e| {
+                    Fatal::new(sqlstate::PROTOCOL_VIOLATION, format!("server sent {e}"))
+                })?;
+            buf.scanned(n);
+            if broken {
+                return Err(Fatal::new(
+                    sqlstate::PROTOCOL_VIOLATION,
+                    "server sent a malformed ReadyForQuery",
+                ));
+            }
+            if found.is_none() {
+                return Ok(());
+            }
+            if buf.unscanned()[1..5] != 4u32.to_be_bytes() {
+                return Err(Fatal::new(
+                    sqlstate::PROTOCOL_VIOLATION,
+                    "server sent a ParseComplete or CloseComplete with a body",
+                ));
+            }
+            match self.statements.reply() {
+                Reply::Pass => buf.scanned(5),
+                Reply::Hide => {
+                    buf.splice(5, &[]);
+                }
+                Reply::AsParseComplete => {
+                    buf.unscanned_mut()[0] = b'1';
+                    buf.scanned(5);
+                }
+            }
+        }
+    }
+
     /// Gives the server back when the transaction is over and the client has nothing more on the way.
     fn release_if_done(&mut self) {
         let server_quiet = self.from_server.at_boundary()
@@ -296,6 +455,7 @@ impl<'a> Relay<'a> {
         if self.tx.idle() && server_quiet && self.pins.is_empty() {
             if let Some(mut server) = self.server.take() {
                 self.shard.clients.set_server(self.pid, None);
+                self.statements.left_server();
                 if std::mem::take(&mut self.settings_changed) {
                     server.settings = UNKNOWN;
                 }
@@ -308,6 +468,7 @@ impl<'a> Relay<'a> {
     /// PostgreSQL would have.
     async fn server_lost(&mut self, client: &mut TcpStream) -> Result<(), Fatal> {
         self.server = None;
+        self.statements.left_server();
         self.shard.clients.set_server(self.pid, None);
         self.shard.server_gone(self.key);
         self.flush_to_client(client).await;
@@ -352,6 +513,8 @@ impl<'a> Relay<'a> {
             };
             let mut ok = !self.tx.in_transaction() || server.run("ROLLBACK", CLEANUP_TIMEOUT).await;
             if ok && !reset.is_empty() {
+                // Whatever the reset query does to prepared statements, pgherd no longer knows which remain.
+                server.statements.clear();
                 ok = server.run(reset, CLEANUP_TIMEOUT).await;
             }
             if ok {
@@ -382,6 +545,8 @@ struct Io<'a> {
     read_client: bool,
     c2s: &'a mut Option<IoBuf>,
     s2c: &'a mut Option<IoBuf>,
+    prefix: &'a mut Option<IoBuf>,
+    before_prefix: &'a mut usize,
     buffers: &'a BufferPool,
 }
 
@@ -391,12 +556,29 @@ impl Future for Io<'_> {
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Event> {
         let io = &mut *self;
         if let Some(buf) = io.s2c.as_mut() {
-            if let Poll::Ready(event) = poll_send(io.client, buf, cx, Event::ClientClosed) {
+            if let Poll::Ready(event) =
+                poll_send(io.client, buf, usize::MAX, cx, Event::ClientClosed)
+            {
                 return Poll::Ready(event);
             }
         }
-        if let (Some(server), Some(buf)) = (io.server.as_deref_mut(), io.c2s.as_mut()) {
-            if let Poll::Ready(event) = poll_send(server, buf, cx, Event::ServerClosed) {
+        if let Some(server) = io.server.as_deref_mut() {
+            let closed = Event::ServerClosed;
+            let sent = match (
+                io.prefix.as_mut().filter(|p| !p.is_empty()),
+                io.c2s.as_mut(),
+            ) {
+                (Some(_), Some(buf)) if *io.before_prefix > 0 => {
+                    let before = buf.to_send().len();
+                    let sent = poll_send(server, buf, *io.before_prefix, cx, closed);
+                    *io.before_prefix -= before - buf.to_send().len();
+                    sent
+                }
+                (Some(prefix), _) => poll_send(server, prefix, usize::MAX, cx, closed),
+                (None, Some(buf)) => poll_send(server, buf, usize::MAX, cx, closed),
+                (None, None) => Poll::Pending,
+            };
+            if let Poll::Ready(event) = sent {
                 return Poll::Ready(event);
             }
         }
@@ -420,16 +602,19 @@ impl Future for Io<'_> {
     }
 }
 
+/// Writes up to `limit` of `buf`'s framed bytes.
 fn poll_send(
     stream: &mut TcpStream,
     buf: &mut IoBuf,
+    limit: usize,
     cx: &mut Context<'_>,
     closed: Event,
 ) -> Poll<Event> {
-    if buf.to_send().is_empty() {
+    let bytes = &buf.to_send()[..buf.to_send().len().min(limit)];
+    if bytes.is_empty() {
         return Poll::Pending;
     }
-    match Pin::new(stream).poll_write(cx, buf.to_send()) {
+    match Pin::new(stream).poll_write(cx, bytes) {
         Poll::Ready(Ok(n)) if n > 0 => {
             buf.sent(n);
             Poll::Ready(Event::Wrote)

@@ -129,6 +129,8 @@ pub struct Shard {
     pub clients: Registry,
     /// Startup-setting sets shared by this shard's clients.
     pub settings: Interned,
+    /// Prepared statements of this shard's transaction-mode clients.
+    pub statements: crate::session::statements::Registry,
     pools: RefCell<HashMap<PoolKey, pools::Pool>>,
     next_waiter: Cell<u64>,
     peers: Option<Rc<Senders<exchange::Msg>>>,

@@ -131,6 +131,7 @@ async fn run_shard(
         buffers: BufferPool::default(),
         clients: Registry::default(),
         settings: Default::default(),
+        statements: Default::default(),
         pools: RefCell::new(HashMap::new()),
         next_waiter: Cell::new(0),
         peers,
