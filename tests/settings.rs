@@ -1,9 +1,12 @@
 //! Startup settings (application_name, TimeZone, `options=-c ...`) are each client's session defaults on
-//! whichever server runs its transaction, and never reach another client.
+//! whichever server runs its transaction, what it SETs stays with it, RESET returns to its startup values, and
+//! none of it reaches another client.
 
 mod common;
 
-use common::{fixture, psql, Fixture};
+use std::collections::HashSet;
+
+use common::{backend_pid, fixture, psql, Fixture};
 
 async fn connect_with(port: u16, extra: &str) -> tokio_postgres::Client {
     let conninfo =
@@ -90,4 +93,58 @@ async fn a_setting_postgres_refuses_fails_that_client_only() {
     assert_eq!(err.code().map(|c| c.code()), Some("22023"), "{err:?}");
     let good = connect_with(herd.port, "options='-c TimeZone=UTC'").await;
     assert_eq!(show(&good, "TimeZone").await, "UTC");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn set_follows_its_client_across_servers_and_reset_returns_to_startup_values() {
+    let Fixture { pg: _pg, herd } = fixture("transaction", 3, "workers = 1");
+    let a = connect_with(herd.port, "options='-c TimeZone=Asia/Tokyo'").await;
+    let b = connect_with(herd.port, "").await;
+    let holder = connect_with(herd.port, "").await;
+    let server_default = show(&b, "TimeZone").await;
+    a.batch_execute(
+        "SET TimeZone = 'America/Lima'; SET search_path = a_schema, public; \
+         SET myapp.tenant = 'seven'; SET statement_timeout = '42s'",
+    )
+    .await
+    .unwrap();
+    let mut backends = HashSet::new();
+    for i in 0..12 {
+        // A held transaction every other round makes the next one of `a` run elsewhere.
+        if i % 2 == 0 {
+            holder.batch_execute("BEGIN; SELECT 1").await.unwrap();
+        }
+        backends.insert(backend_pid(&a).await);
+        assert_eq!(show(&a, "TimeZone").await, "America/Lima");
+        assert_eq!(show(&a, "search_path").await, "a_schema, public");
+        assert_eq!(show(&a, "myapp.tenant").await, "seven");
+        assert_eq!(show(&a, "statement_timeout").await, "42s");
+        assert_eq!(show(&b, "TimeZone").await, server_default);
+        assert_eq!(show(&b, "statement_timeout").await, "0");
+        if i % 2 == 0 {
+            holder.batch_execute("COMMIT").await.unwrap();
+        }
+    }
+    assert!(
+        backends.len() > 1,
+        "a ran on one backend only: {backends:?}"
+    );
+    // A SET inside a rolled-back transaction, a SET LOCAL, and a failed SET leave nothing behind.
+    a.batch_execute("BEGIN; SET TimeZone = 'UTC'; ROLLBACK")
+        .await
+        .unwrap();
+    a.batch_execute("BEGIN; SET LOCAL TimeZone = 'UTC'; COMMIT")
+        .await
+        .unwrap();
+    assert!(a
+        .batch_execute("SET TimeZone = 'UTC'; SELECT 1/0")
+        .await
+        .is_err());
+    assert_eq!(show(&a, "TimeZone").await, "America/Lima");
+    // RESET goes back to the startup value, not the server's default.
+    a.batch_execute("RESET TimeZone").await.unwrap();
+    assert_eq!(show(&a, "TimeZone").await, "Asia/Tokyo");
+    a.batch_execute("RESET ALL").await.unwrap();
+    assert_eq!(show(&a, "search_path").await, "\"$user\", public");
+    assert_eq!(show(&a, "TimeZone").await, "Asia/Tokyo");
 }

@@ -11,6 +11,15 @@ fn message(out: &mut Vec<u8>, tag: u8, body: impl FnOnce(&mut Vec<u8>)) {
     out[at..at + 4].copy_from_slice(&len.to_be_bytes());
 }
 
+/// Appends a message made of `parts` (already encoded fields), as pgherd writes or rewrites them.
+pub fn parts(out: &mut Vec<u8>, tag: u8, parts: &[&[u8]]) {
+    message(out, tag, |out| {
+        for part in parts {
+            out.extend_from_slice(part);
+        }
+    });
+}
+
 fn cstr(out: &mut Vec<u8>, s: &str) {
     out.extend_from_slice(s.as_bytes());
     out.push(0);

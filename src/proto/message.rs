@@ -123,6 +123,26 @@ pub fn parameter_status(body: &[u8]) -> Option<(&str, &str)> {
     fields.0.is_empty().then_some(pair)
 }
 
+/// DataRow: each column as text, NULL as `None`; a malformed row gives what could be read.
+pub fn data_row(body: &[u8]) -> Vec<Option<String>> {
+    let mut columns = Vec::new();
+    let mut rest = body.get(2..).unwrap_or_default();
+    while let Some(len) = rest.get(..4) {
+        let len = i32::from_be_bytes(len.try_into().expect("4 bytes"));
+        rest = &rest[4..];
+        let Ok(len) = usize::try_from(len) else {
+            columns.push(None);
+            continue;
+        };
+        let Some(value) = rest.get(..len) else {
+            break;
+        };
+        columns.push(Some(String::from_utf8_lossy(value).into_owned()));
+        rest = &rest[len..];
+    }
+    columns
+}
+
 /// BackendKeyData: process id and secret key.
 pub fn backend_key_data(body: &[u8]) -> Option<(u32, u32)> {
     let pid = u32::from_be_bytes(body.get(..4)?.try_into().ok()?);

@@ -7,13 +7,13 @@ use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::pin::Pin;
 use std::task::{Context, Poll, Waker};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use futures_lite::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use glommio::net::TcpStream;
 
 use crate::proto::frame::{Flow, Scanner, Want};
-use crate::proto::{encode, MAX_MESSAGE_LEN};
+use crate::proto::{encode, message, MAX_MESSAGE_LEN};
 use crate::session::params::Fingerprint;
 use crate::session::statements::ServerStatements;
 
@@ -94,23 +94,29 @@ impl Server {
 
     /// Runs simple-protocol SQL of pgherd's own (ROLLBACK, the reset query, a client's settings) and waits for
     /// its ReadyForQuery, dropping the replies. Returns whether it succeeded and left the server idle.
-    pub async fn run(&mut self, sql: &str, limit: std::time::Duration) -> bool {
+    pub async fn run(&mut self, sql: &str, limit: Duration) -> bool {
+        self.query(sql, limit).await.is_some()
+    }
+
+    /// [`Server::run`], keeping the rows (as text) and the ParameterStatus messages the SQL caused.
+    pub async fn query(&mut self, sql: &str, limit: Duration) -> Option<Answer> {
         let mut out = Vec::new();
         encode::query(&mut out, sql);
         let work = async {
             self.stream.write_all(&out).await.ok()?;
             self.drain_until_ready().await
         };
-        matches!(
-            glommio::timer::timeout(limit, async { Ok(work.await) }).await,
-            Ok(Some(b'I'))
-        )
+        glommio::timer::timeout(limit, async { Ok(work.await) })
+            .await
+            .ok()
+            .flatten()
     }
 
-    /// Reads and drops server output until a ReadyForQuery; returns its status, or `None` after an error.
-    async fn drain_until_ready(&mut self) -> Option<u8> {
+    /// Reads server output until a ReadyForQuery; `None` after an error or unless the server is left idle.
+    async fn drain_until_ready(&mut self) -> Option<Answer> {
         let mut buf = vec![0u8; 8192];
         let (mut have, mut status, mut failed) = (0, None, false);
+        let mut answer = Answer::default();
         let mut scanner = Scanner::default();
         while status.is_none() {
             let n = self.stream.read(&mut buf[have..]).await.ok()?;
@@ -122,17 +128,19 @@ impl Server {
                 .scan(
                     &buf[..have],
                     MAX_MESSAGE_LEN,
-                    |t| {
-                        if t == b'Z' {
-                            Want::Whole(16)
-                        } else {
-                            Want::Tag
-                        }
+                    |t| match t {
+                        // Bounded by the buffer: pgherd's own queries return a few short values.
+                        b'Z' | b'D' | b'S' => Want::Whole(4096),
+                        _ => Want::Tag,
                     },
                     |tag, body| {
                         match (tag, body) {
                             (b'Z', Some(&[s])) => status = Some(s),
-                            (b'E', _) => failed = true,
+                            (b'D', Some(row)) => answer.rows.push(message::data_row(row)),
+                            (b'S', Some(body)) => {
+                                encode::parts(&mut answer.statuses, b'S', &[body])
+                            }
+                            (b'E' | b'D' | b'S', _) => failed = true,
                             _ => {}
                         }
                         Flow::Pass
@@ -142,8 +150,17 @@ impl Server {
             buf.copy_within(used..have, 0);
             have -= used;
         }
-        status.filter(|_| !failed)
+        (status == Some(b'I') && !failed).then_some(answer)
     }
+}
+
+/// What a query of pgherd's own got back.
+#[derive(Debug, Default)]
+pub struct Answer {
+    /// Each row's columns as text (NULL as `None`).
+    pub rows: Vec<Vec<Option<String>>>,
+    /// ParameterStatus messages, whole, to pass on to the client whose settings changed.
+    pub statuses: Vec<u8>,
 }
 
 fn dup_fd(fd: i32) -> std::io::Result<OwnedFd> {
@@ -158,7 +175,7 @@ fn dup_fd(fd: i32) -> std::io::Result<OwnedFd> {
 
 /// Asks PostgreSQL to cancel whatever `key`'s backend is running, on a connection of its own as the protocol
 /// requires. Best effort, like PostgreSQL's own cancel.
-pub async fn cancel(key: BackendKey, limit: std::time::Duration) {
+pub async fn cancel(key: BackendKey, limit: Duration) {
     let mut out = Vec::new();
     encode::cancel_request(&mut out, key.pid, key.secret);
     let attempt = async {

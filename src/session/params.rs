@@ -49,6 +49,10 @@ impl StartupParams {
                 add(key, value)?;
             }
         }
+        Ok(StartupParams::from_list(settings))
+    }
+
+    fn from_list(mut settings: Vec<(String, String)>) -> StartupParams {
         settings.sort();
         let fingerprint = if settings.is_empty() {
             FRESH
@@ -57,10 +61,50 @@ impl StartupParams {
             settings.hash(&mut hasher);
             hasher.finish().clamp(FRESH + 1, UNKNOWN - 1)
         };
-        Ok(StartupParams {
+        StartupParams {
             settings,
             fingerprint,
-        })
+        }
+    }
+
+    /// These settings after the client's session showed the `observed` values: `Some(value)` for a setting its
+    /// session set, `None` for one it reset, which returns it to the client's `defaults` (its startup value,
+    /// or PostgreSQL's default when it gave none).
+    pub fn changed(
+        &self,
+        defaults: &StartupParams,
+        observed: &[(String, Option<String>)],
+    ) -> StartupParams {
+        let mut settings = self.settings.clone();
+        for (name, value) in observed {
+            settings.retain(|(n, _)| n != name);
+            let value = value.as_deref().or_else(|| defaults.get(name));
+            if let Some(value) = value {
+                settings.push((name.clone(), value.to_owned()));
+            }
+        }
+        StartupParams::from_list(settings)
+    }
+
+    /// Whether a session that showed `observed` has these settings for those names.
+    pub fn agrees_with(&self, observed: &[(String, Option<String>)]) -> bool {
+        observed
+            .iter()
+            .all(|(name, value)| self.get(name) == value.as_deref())
+    }
+
+    /// A query returning, per name, the name, its value (NULL for an unknown custom setting) and whether the
+    /// session set it: PostgreSQL's `pg_settings.source` is "session" for SET and set_config. Custom settings
+    /// are not in pg_settings; a non-empty value means set.
+    pub fn observe_sql(names: &[String]) -> String {
+        let list: Vec<String> = names.iter().map(|n| literal(n)).collect();
+        format!(
+            "SELECT n, pg_catalog.current_setting(n, true), \
+             coalesce(s.source = 'session', pg_catalog.current_setting(n, true) <> '') \
+             FROM pg_catalog.unnest(ARRAY[{}]::text[]) AS n \
+             LEFT JOIN pg_catalog.pg_settings s ON pg_catalog.lower(s.name) = n",
+            list.join(", ")
+        )
     }
 
     /// Identifies this set of settings; equal sets give equal fingerprints, and none gives [`FRESH`].
@@ -201,6 +245,31 @@ mod tests {
         assert_eq!(a.fingerprint(), same.fingerprint());
         assert_ne!(a.fingerprint(), other.fingerprint());
         assert!(a.fingerprint() != FRESH && a.fingerprint() != UNKNOWN);
+    }
+
+    #[test]
+    fn changes_start_from_the_clients_defaults() {
+        let defaults = params(&[("application_name", "app"), ("timezone", "UTC")]).unwrap();
+        let observed = |pairs: &[(&str, Option<&str>)]| -> Vec<(String, Option<String>)> {
+            pairs
+                .iter()
+                .map(|(n, v)| (n.to_string(), v.map(str::to_owned)))
+                .collect()
+        };
+        let set = observed(&[("timezone", Some("Asia/Tokyo")), ("myapp.x", Some("7"))]);
+        let now = defaults.changed(&defaults, &set);
+        assert_eq!(now.get("timezone"), Some("Asia/Tokyo"));
+        assert_eq!(now.get("myapp.x"), Some("7"));
+        assert!(now.agrees_with(&set));
+        assert_ne!(now.fingerprint(), defaults.fingerprint());
+        // RESET returns to the startup value, which the server does not have: it must be set up again.
+        let reset = observed(&[("timezone", None), ("myapp.x", None)]);
+        let back = now.changed(&defaults, &reset);
+        assert_eq!(back, defaults);
+        assert!(!back.agrees_with(&reset));
+        assert!(back.agrees_with(&observed(&[("myapp.x", None)])));
+        let sql = StartupParams::observe_sql(&["timezone".into(), "a.b".into()]);
+        assert!(sql.contains("ARRAY[E'timezone', E'a.b']"), "{sql}");
     }
 
     #[test]

@@ -14,6 +14,7 @@ impl Pins {
     pub const HOLD_CURSOR: Pins = Pins(1 << 2);
     pub const TEMP_OBJECT: Pins = Pins(1 << 3);
     pub const ADVISORY_LOCK: Pins = Pins(1 << 4);
+    /// SET ROLE, SET SESSION AUTHORIZATION and settings pgherd cannot name (set_config, quoted names).
     pub const SETTING: Pins = Pins(1 << 5);
     /// LOAD, and SQL too long to scan: nothing but the end of the session undoes them.
     pub const PERMANENT: Pins = Pins(1 << 6);
@@ -45,7 +46,7 @@ impl fmt::Display for Pins {
             (Pins::HOLD_CURSOR, "WITH HOLD cursor"),
             (Pins::TEMP_OBJECT, "temporary object"),
             (Pins::ADVISORY_LOCK, "session advisory lock"),
-            (Pins::SETTING, "SET"),
+            (Pins::SETTING, "role or unnamed setting"),
             (Pins::PERMANENT, "LOAD or unscannable SQL"),
         ];
         let mut first = true;
@@ -60,11 +61,38 @@ impl fmt::Display for Pins {
     }
 }
 
-/// What one piece of SQL does to session state: what it may create and what it clears.
+/// What one piece of SQL does to session state: what it may create and what it clears, and the settings it
+/// may change, which pgherd carries to the client's next servers instead of pinning it.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct Effects {
     pub creates: Pins,
     pub clears: Pins,
+    /// Boxed: most SQL changes no setting.
+    pub settings: Option<Box<SettingChanges>>,
+}
+
+/// Settings named by SET and RESET (lower case), and whether all of them were reset (RESET ALL, DISCARD ALL).
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct SettingChanges {
+    pub names: Vec<String>,
+    pub all: bool,
+}
+
+impl SettingChanges {
+    pub fn merge(&mut self, other: SettingChanges) {
+        for name in other.names {
+            if !self.names.contains(&name) {
+                self.names.push(name);
+            }
+        }
+        self.all |= other.all;
+    }
+}
+
+impl Effects {
+    fn changes(&mut self) -> &mut SettingChanges {
+        self.settings.get_or_insert_default()
+    }
 }
 
 /// What a client message does to session state: the SQL in a Query or Parse (protocol-level prepared
@@ -81,24 +109,24 @@ pub fn message_effects(tag: u8, body: Option<&[u8]>) -> Effects {
     let Some(sql) = sql else {
         return Effects {
             creates: Pins::PERMANENT,
-            clears: Pins::default(),
+            ..Effects::default()
         };
     };
     scan(&String::from_utf8_lossy(sql))
 }
 
-/// Scans SQL text (one or more statements) for session state it creates or clears. One pass, no allocation:
-/// it runs on every Query and Parse.
+/// Scans SQL text (one or more statements) for session state it creates or clears. One pass, allocating only for
+/// SET and RESET: it runs on every Query and Parse.
 pub fn scan(sql: &str) -> Effects {
     let mut effects = Effects::default();
     let mut statement = Statement::default();
     for token in Tokens::new(sql.as_bytes()) {
         match token {
-            Token::Semicolon => std::mem::take(&mut statement).finish(&mut effects),
+            Token::Semicolon => std::mem::take(&mut statement).finish(sql, &mut effects),
             Token::Word { text, called } => statement.word(text, called, &mut effects),
         }
     }
-    statement.finish(&mut effects);
+    statement.finish(sql, &mut effects);
     effects
 }
 
@@ -145,8 +173,8 @@ impl<'a> Statement<'a> {
         }
     }
 
-    /// Classifies the statement by its first words once it has ended.
-    fn finish(self, effects: &mut Effects) {
+    /// Classifies the statement by its first words once it has ended; `sql` is the text they are slices of.
+    fn finish(self, sql: &str, effects: &mut Effects) {
         let is = |i: usize, keyword: &str| self.first[i].eq_ignore_ascii_case(keyword);
         let temp_at = if is(1, "GLOBAL") || is(1, "LOCAL") {
             2
@@ -168,18 +196,79 @@ impl<'a> Statement<'a> {
             effects.clears.insert(Pins::HOLD_CURSOR);
         } else if is(0, "CREATE") && temporary && !self.on_commit_drop {
             effects.creates.insert(Pins::TEMP_OBJECT);
-        } else if is(0, "SET") && !is(1, "LOCAL") && !is(1, "TRANSACTION") {
-            effects.creates.insert(Pins::SETTING);
-        } else if is(0, "RESET") && is(1, "ALL") {
-            effects.clears.insert(Pins::SETTING);
+        } else if is(0, "SET") || is(0, "RESET") {
+            self.setting(sql, effects);
         } else if is(0, "LOAD") {
             effects.creates.insert(Pins::PERMANENT);
         } else if is(0, "DISCARD") && is(1, "ALL") {
             effects.clears.insert(Pins::ALL);
+            effects.changes().all = true;
         } else if is(0, "DISCARD") && (is(1, "TEMP") || is(1, "TEMPORARY")) {
             effects.clears.insert(Pins::TEMP_OBJECT);
         }
     }
+}
+
+impl Statement<'_> {
+    /// SET and RESET: which setting, in the forms a client session uses.
+    fn setting(&self, sql: &str, effects: &mut Effects) {
+        let is = |i: usize, keyword: &str| self.first[i].eq_ignore_ascii_case(keyword);
+        let reset = is(0, "RESET");
+        let at = if !reset && is(1, "SESSION") { 2 } else { 1 };
+        let name = if is(at, "LOCAL") || is(at, "TRANSACTION") || is(at, "CONSTRAINTS") {
+            // Undone at the end of the transaction by PostgreSQL itself.
+            return;
+        } else if reset && is(1, "ALL") {
+            effects.clears.insert(Pins::SETTING);
+            effects.changes().all = true;
+            return;
+        } else if is(at, "ROLE") || is(at, "AUTHORIZATION") || is(at, "CHARACTERISTICS") {
+            // Privileges and transaction defaults: kept on the client's own server, not replayed.
+            if reset {
+                effects.clears.insert(Pins::SETTING);
+            } else {
+                effects.creates.insert(Pins::SETTING);
+            }
+            return;
+        } else if is(at, "TIME") && is(at + 1, "ZONE") {
+            "timezone".to_owned()
+        } else if is(at, "NAMES") {
+            "client_encoding".to_owned()
+        } else if is(at, "SCHEMA") {
+            "search_path".to_owned()
+        } else if is(at, "XML") && is(at + 1, "OPTION") {
+            "xmloption".to_owned()
+        } else {
+            match dotted_name(sql, self.first[at]) {
+                Some(name) => name.to_ascii_lowercase(),
+                None => {
+                    effects.creates.insert(Pins::SETTING);
+                    return;
+                }
+            }
+        };
+        effects.changes().names.push(name);
+    }
+}
+
+/// The setting name that starts at `word` (a slice of `sql`): the word and any `.part` after it. `None` when the
+/// name is quoted or missing, which the word scan cannot see.
+fn dotted_name<'a>(sql: &'a str, word: &'a str) -> Option<&'a str> {
+    if word.is_empty() {
+        return None;
+    }
+    let start = word.as_ptr() as usize - sql.as_ptr() as usize;
+    let before = sql[..start].trim_end();
+    if before.ends_with(['"', '.']) {
+        return None;
+    }
+    let len = sql[start..]
+        .bytes()
+        .position(|b| !(b.is_ascii_alphanumeric() || matches!(b, b'_' | b'$' | b'.')))
+        .unwrap_or(sql.len() - start);
+    let name = &sql[start..start + len];
+    let quoted_part = sql[start + len..].starts_with('"');
+    (!quoted_part && !name.ends_with('.')).then_some(name)
 }
 
 enum Token<'a> {
@@ -340,13 +429,49 @@ mod tests {
             ("CREATE TABLE pg_temp.t (a int)", Pins::TEMP_OBJECT),
             ("SELECT pg_advisory_lock(42)", Pins::ADVISORY_LOCK),
             ("SELECT pg_try_advisory_lock (1, 2)", Pins::ADVISORY_LOCK),
-            ("SET search_path = app", Pins::SETTING),
-            ("SET SESSION timezone = 'UTC'", Pins::SETTING),
+            ("SET ROLE admin", Pins::SETTING),
+            ("SET SESSION AUTHORIZATION bob", Pins::SETTING),
+            ("SET \"quoted\".name = 1", Pins::SETTING),
             ("SELECT set_config('a.b', 'c', false)", Pins::SETTING),
             ("LOAD 'auto_explain'", Pins::PERMANENT),
         ];
         for (sql, pin) in cases {
             assert_eq!(creates(sql), pin, "{sql}");
+        }
+    }
+
+    #[test]
+    fn settings_are_named_for_replay() {
+        let changed = |sql: &str| scan(sql).settings.map(|c| (c.names, c.all));
+        let names = |n: &[&str]| Some((n.iter().map(|s| s.to_string()).collect(), false));
+        assert_eq!(
+            changed("SET search_path = app, public"),
+            names(&["search_path"])
+        );
+        assert_eq!(
+            changed("set Session TimeZone to 'UTC'"),
+            names(&["timezone"])
+        );
+        assert_eq!(changed("SET TIME ZONE 'UTC'"), names(&["timezone"]));
+        assert_eq!(changed("SET NAMES 'LATIN1'"), names(&["client_encoding"]));
+        assert_eq!(
+            changed("SET myapp.tenant_id = '7'"),
+            names(&["myapp.tenant_id"])
+        );
+        assert_eq!(
+            changed("SET a.b = 1; SELECT 1; RESET DateStyle"),
+            names(&["a.b", "datestyle"])
+        );
+        assert_eq!(changed("RESET ALL").map(|c| c.1), Some(true));
+        assert_eq!(changed("DISCARD ALL").map(|c| c.1), Some(true));
+        for sql in [
+            "SET LOCAL statement_timeout = 5",
+            "SET TRANSACTION READ ONLY",
+            "SET CONSTRAINTS ALL DEFERRED",
+            "UPDATE t SET a = 1",
+            "SET ROLE admin",
+        ] {
+            assert_eq!(changed(sql), None, "{sql}");
         }
     }
 

@@ -13,7 +13,7 @@ use futures_lite::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use glommio::net::TcpStream;
 
 use super::params::{StartupParams, FRESH, UNKNOWN};
-use super::pinning::{self, Pins};
+use super::pinning::{self, Pins, SettingChanges};
 use super::state::{ClientMessage, Tracker};
 use super::statements::{self, Action, Reply, Statements};
 use super::Fatal;
@@ -55,10 +55,13 @@ pub struct Relay<'a> {
     from_client: Scanner,
     from_server: Scanner,
     tx: Tracker,
-    /// The client's startup settings, applied to each server it leases unless that server already has them.
+    /// The client's startup settings: its session defaults.
+    defaults: Rc<StartupParams>,
+    /// Its settings now (the defaults and what it SET since), applied to each server it leases unless that
+    /// server already has them.
     settings: Rc<StartupParams>,
-    /// The client reset or discarded settings on its server: the server's settings are unknown now.
-    settings_changed: bool,
+    /// Settings the current transaction SET or RESET: read back from the server when it ends.
+    changes: Option<Box<SettingChanges>>,
     /// Session state the server holds for this client (see `pinning`): while any, the client keeps its server.
     pins: Pins,
     /// The client's prepared statements, when its server changes between transactions.
@@ -90,8 +93,9 @@ impl<'a> Relay<'a> {
     pub fn new(shard: &'a Shard, key: PoolKey, pid: u32, settings: Rc<StartupParams>) -> Relay<'a> {
         Relay {
             shard,
+            defaults: settings.clone(),
             settings,
-            settings_changed: false,
+            changes: None,
             key,
             pid,
             mode: shard.config().pool_mode(key.db as usize, key.user as usize),
@@ -168,6 +172,9 @@ impl<'a> Relay<'a> {
             let quiet = self.client_quiet();
             if self.terminated && quiet {
                 return Ok(());
+            }
+            if quiet && self.changes.is_some() && self.tx.idle() && self.server_quiet() {
+                Box::pin(self.settle_settings()).await?;
             }
             if self.mode != PoolMode::Session && quiet {
                 self.release_if_done();
@@ -319,7 +326,9 @@ impl<'a> Relay<'a> {
         // Clears first, then creates: "DISCARD ALL; LISTEN x" leaves the client pinned.
         self.pins.remove(effects.clears);
         self.pins.insert(effects.creates);
-        self.settings_changed |= !effects.clears.is_empty();
+        if let Some(changes) = effects.settings {
+            self.changes.get_or_insert_default().merge(*changes);
+        }
         if self.pins != was_pinned && self.mode == PoolMode::Transaction {
             if was_pinned.is_empty() {
                 info!("client pid {} keeps its server: {}", self.pid, self.pins);
@@ -448,20 +457,72 @@ impl<'a> Relay<'a> {
         }
     }
 
+    /// Nothing from the server is half-framed or unscanned.
+    fn server_quiet(&self) -> bool {
+        self.from_server.at_boundary() && self.s2c.as_ref().is_none_or(|b| b.unscanned().is_empty())
+    }
+
     /// Gives the server back when the transaction is over and the client has nothing more on the way.
     fn release_if_done(&mut self) {
-        let server_quiet = self.from_server.at_boundary()
-            && self.s2c.as_ref().is_none_or(|b| b.unscanned().is_empty());
-        if self.tx.idle() && server_quiet && self.pins.is_empty() {
-            if let Some(mut server) = self.server.take() {
+        if self.tx.idle() && self.server_quiet() && self.pins.is_empty() {
+            if let Some(server) = self.server.take() {
                 self.shard.clients.set_server(self.pid, None);
                 self.statements.left_server();
-                if std::mem::take(&mut self.settings_changed) {
-                    server.settings = UNKNOWN;
-                }
                 self.shard.release(self.key, server);
             }
         }
+    }
+
+    /// After a transaction that SET or RESET settings: learns from the server what the client's session now
+    /// has, so its next servers get the same. RESET returns a setting to the client's startup value, which the
+    /// server does not know: then the server is set up again and the client told the values it now sees.
+    async fn settle_settings(&mut self) -> Result<(), Fatal> {
+        let changes = self.changes.take().expect("called with changes");
+        let server = self.server.as_mut().expect("called with a server");
+        let mut observed = Vec::new();
+        let settings = if changes.all {
+            self.defaults.clone()
+        } else {
+            let sql = StartupParams::observe_sql(&changes.names);
+            let answer = server.query(&sql, CLEANUP_TIMEOUT).await;
+            for row in answer.map(|a| a.rows).unwrap_or_default() {
+                if let [Some(name), value, Some(set)] = &row[..] {
+                    observed.push((name.clone(), value.clone().filter(|_| set == "t")));
+                }
+            }
+            if observed.len() != changes.names.len() {
+                return Err(self.settings_unknown());
+            }
+            self.shard
+                .settings
+                .settings(self.settings.changed(&self.defaults, &observed))
+        };
+        if changes.all || !settings.agrees_with(&observed) {
+            let Some(answer) = server.query(&settings.apply_sql(), CLEANUP_TIMEOUT).await else {
+                return Err(self.settings_unknown());
+            };
+            let s2c = self.s2c.get_or_insert_with(|| self.shard.buffers.take());
+            // Small: one ParameterStatus per reported setting.
+            if !s2c.push(&answer.statuses) {
+                return Err(self.settings_unknown());
+            }
+        }
+        server.settings = settings.fingerprint();
+        self.settings = settings;
+        Ok(())
+    }
+
+    /// The server could not say or take the client's settings: it is closed, and so is the client, whose
+    /// session can no longer be what it asked for.
+    fn settings_unknown(&mut self) -> Fatal {
+        self.server = None;
+        self.shard.clients.set_server(self.pid, None);
+        self.statements.left_server();
+        self.shard.server_gone(self.key);
+        Fatal::new(
+            sqlstate::CONNECTION_FAILURE,
+            "could not carry the session's settings over",
+        )
     }
 
     /// The server closed or failed under the client: pass on what it said, then close the client as
@@ -501,9 +562,7 @@ impl<'a> Relay<'a> {
             return;
         };
         self.shard.clients.set_server(self.pid, None);
-        let server_quiet = self.from_server.at_boundary()
-            && self.s2c.as_ref().is_none_or(|b| b.unscanned().is_empty());
-        let clean = self.client_quiet() && server_quiet && self.tx.settled();
+        let clean = self.client_quiet() && self.server_quiet() && self.tx.settled();
         if clean && !self.pins.contains(Pins::PERMANENT) {
             let reset = match self.mode {
                 PoolMode::Session => self.shard.config().server_reset_query.as_str(),
@@ -520,7 +579,7 @@ impl<'a> Relay<'a> {
             if ok {
                 server.settings = if reset.eq_ignore_ascii_case("DISCARD ALL") {
                     FRESH
-                } else if !reset.is_empty() || self.settings_changed {
+                } else if !reset.is_empty() || self.changes.is_some() {
                     UNKNOWN
                 } else {
                     server.settings

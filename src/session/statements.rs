@@ -24,6 +24,7 @@ use std::rc::Rc;
 
 use super::intern::Interner;
 use super::params::Fingerprint;
+use crate::proto::encode;
 
 /// A statement's identity on servers: a 128-bit hash, so that distinct statements never share a name.
 pub type StatementId = u128;
@@ -205,15 +206,6 @@ fn cstr(b: &[u8]) -> Option<(&[u8], &[u8])> {
     Some((&b[..end], &b[end + 1..]))
 }
 
-fn message(out: &mut Vec<u8>, tag: u8, parts: &[&[u8]]) {
-    let len: usize = 4 + parts.iter().map(|p| p.len()).sum::<usize>();
-    out.push(tag);
-    out.extend_from_slice(&(len as u32).to_be_bytes());
-    for part in parts {
-        out.extend_from_slice(part);
-    }
-}
-
 /// A message's new header and first fields, for a rewrite that keeps the rest of its body: `old_len` is the
 /// length field it had, `cut` the bytes of body replaced by `parts`.
 fn head(out: &mut Vec<u8>, tag: u8, old_len: usize, cut: usize, parts: &[&[u8]]) {
@@ -311,7 +303,7 @@ impl Statements {
         if let Some(existing) = self.named.as_ref().and_then(|m| m.get(name)).cloned() {
             // PostgreSQL refuses a second statement of the same name: have the server say so.
             self.prepare(&existing, server, cx.cap, &mut bytes);
-            message(&mut bytes, b'P', &[&existing.name(), b"\0", parse]);
+            encode::parts(&mut bytes, b'P', &[&existing.name(), b"\0", parse]);
             self.expect(Reply::Pass, Undo::Nothing);
             return Action::Rewrite {
                 head: 1 + len,
@@ -322,7 +314,7 @@ impl Statements {
         named.insert(name.into(), statement.clone());
         let forget = Some(Box::<[u8]>::from(name));
         if server.touch(statement.id) {
-            message(&mut bytes, b'C', &[b"S", NO_STATEMENT, b"\0"]);
+            encode::parts(&mut bytes, b'C', &[b"S", NO_STATEMENT, b"\0"]);
             self.expect(
                 Reply::AsParseComplete,
                 Undo::Parse {
@@ -351,7 +343,7 @@ impl Statements {
         if name.is_empty() {
             return match &self.unnamed {
                 Some(unnamed) if !self.unnamed_here => {
-                    message(&mut bytes, b'P', &[b"\0", &unnamed.parse]);
+                    encode::parts(&mut bytes, b'P', &[b"\0", &unnamed.parse]);
                     self.unnamed_here = true;
                     self.expect(Reply::Hide, Undo::Unnamed);
                     Action::Rewrite { head: 0, bytes }
@@ -430,7 +422,7 @@ impl Statements {
         client_name: Option<Box<[u8]>>,
     ) {
         if let Some(evicted) = server.add(statement.id, cap) {
-            message(out, b'C', &[b"S", &server_name(evicted), b"\0"]);
+            encode::parts(out, b'C', &[b"S", &server_name(evicted), b"\0"]);
             let evicted = Some(evicted);
             self.expect(
                 Reply::Hide,
@@ -441,9 +433,9 @@ impl Statements {
             );
         }
         let name = statement.name();
-        message(out, b'C', &[b"S", &name, b"\0"]);
+        encode::parts(out, b'C', &[b"S", &name, b"\0"]);
         self.expect(Reply::Hide, Undo::Nothing);
-        message(out, b'P', &[&name, b"\0", &statement.parse]);
+        encode::parts(out, b'P', &[&name, b"\0", &statement.parse]);
         let undo = Undo::Parse {
             id: Some(statement.id),
             name: client_name,
@@ -562,7 +554,7 @@ mod tests {
             body: &[u8],
         ) -> Vec<(u8, Vec<u8>)> {
             let mut whole = Vec::new();
-            message(&mut whole, tag, &[body]);
+            encode::parts(&mut whole, tag, &[body]);
             let cx = Context {
                 registry: &self.registry,
                 settings: 7,
@@ -661,7 +653,7 @@ mod tests {
             w.send(&mut a, 0, b'B', &bind("s")),
             messages(&{
                 let mut m = Vec::new();
-                message(&mut m, b'B', &[&bind("s")]);
+                encode::parts(&mut m, b'B', &[&bind("s")]);
                 m
             })
         );
