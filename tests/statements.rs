@@ -115,3 +115,20 @@ fn pgbench_prepared_mode_has_no_failures() {
         "{stdout}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn thousands_of_pipelined_executions_keep_their_order() {
+    let Fixture { pg: _pg, herd } = fixture("transaction", 2, "workers = 1");
+    let c = connect(herd.port, "app", "secret", "app").await;
+    let s = c.prepare("SELECT $1::int * 2").await.unwrap();
+    // tokio-postgres pipelines concurrent queries: far more than one 64 KiB buffer of Binds arrives at once, so
+    // renaming them must also work where the buffer has no room left.
+    let queries = (0..5000).map(|i| {
+        let (c, s) = (&c, &s);
+        async move { c.query_one(s, &[&i]).await.map(|r| r.get::<_, i32>(0)) }
+    });
+    let results = futures_util::future::join_all(queries).await;
+    for (i, r) in results.into_iter().enumerate() {
+        assert_eq!(r.unwrap(), 2 * i as i32);
+    }
+}

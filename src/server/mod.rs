@@ -15,7 +15,7 @@ use glommio::net::TcpStream;
 use crate::proto::frame::{Flow, Scanner, Want};
 use crate::proto::{encode, message, MAX_MESSAGE_LEN};
 use crate::session::params::Fingerprint;
-use crate::session::statements::ServerStatements;
+use crate::session::statements::{Held, ServerStatements};
 
 /// A logged-in server connection that no client is using mid-message.
 pub struct Server {
@@ -47,7 +47,7 @@ pub struct Transfer {
     params: Vec<(String, String)>,
     created: Instant,
     settings: Fingerprint,
-    statements: ServerStatements,
+    statements: Held,
 }
 
 impl Server {
@@ -73,7 +73,7 @@ impl Server {
             params: self.params,
             created: self.created,
             settings: self.settings,
-            statements: self.statements,
+            statements: self.statements.into_held(),
         })
     }
 
@@ -88,7 +88,7 @@ impl Server {
             created: t.created,
             idle_since: Instant::now(),
             settings: t.settings,
-            statements: t.statements,
+            statements: t.statements.into(),
         }
     }
 

@@ -47,9 +47,8 @@ pub struct Relay<'a> {
     server: Option<Box<Server>>,
     c2s: Option<IoBuf>,
     s2c: Option<IoBuf>,
-    /// Rewritten client bytes that did not fit in `c2s`: sent after its first `before_prefix` bytes.
-    prefix: Option<IoBuf>,
-    before_prefix: usize,
+    /// Rewritten client bytes that did not fit in `c2s` (rare, so boxed).
+    prefix: Option<Box<Prefix>>,
     /// A client message waits for `prefix` to be sent before it can be rewritten.
     blocked: bool,
     from_client: Scanner,
@@ -70,6 +69,12 @@ pub struct Relay<'a> {
     terminated: bool,
     /// Tag of the last message from the server, to know whether it explained its own exit.
     last_server_tag: u8,
+}
+
+/// Client bytes rewritten where `c2s` had no room: sent after the first `before` bytes `c2s` had ready then.
+struct Prefix {
+    buf: IoBuf,
+    before: usize,
 }
 
 /// How far [`Relay::scan_client`] got.
@@ -103,7 +108,6 @@ impl<'a> Relay<'a> {
             c2s: None,
             s2c: None,
             prefix: None,
-            before_prefix: 0,
             blocked: false,
             from_client: Scanner::default(),
             from_server: Scanner::default(),
@@ -123,7 +127,10 @@ impl<'a> Relay<'a> {
             Box::pin(self.flush_to_client(client)).await;
         }
         Box::pin(self.finish()).await;
-        for slot in [&mut self.c2s, &mut self.s2c, &mut self.prefix] {
+        if let Some(prefix) = self.prefix.take() {
+            self.shard.buffers.give(prefix.buf.emptied());
+        }
+        for slot in [&mut self.c2s, &mut self.s2c] {
             // Whatever is left was for a peer that is gone.
             if let Some(buf) = slot.take() {
                 self.shard.buffers.give(buf.emptied());
@@ -141,8 +148,7 @@ impl<'a> Relay<'a> {
                 read_client: !self.terminated,
                 c2s: &mut self.c2s,
                 s2c: &mut self.s2c,
-                prefix: &mut self.prefix,
-                before_prefix: &mut self.before_prefix,
+                prefix: self.prefix.as_deref_mut(),
                 buffers: &self.shard.buffers,
             };
             let event = if stalling {
@@ -157,12 +163,15 @@ impl<'a> Relay<'a> {
                 io.await
             };
             match event {
-                Event::Wrote
-                    if self.blocked && self.prefix.as_ref().is_none_or(IoBuf::is_empty) =>
-                {
-                    self.client_sent().await?
+                Event::Wrote => {
+                    if self.prefix.as_ref().is_some_and(|p| p.buf.is_empty()) {
+                        let prefix = self.prefix.take().expect("checked above");
+                        self.shard.buffers.give(prefix.buf);
+                    }
+                    if self.blocked && self.prefix.is_none() {
+                        self.client_sent().await?;
+                    }
                 }
-                Event::Wrote => {}
                 Event::ClientRead => self.client_sent().await?,
                 Event::ServerRead => self.server_sent()?,
                 Event::ClientClosed if self.shard.shutting_down() => return Err(Fatal::shutdown()),
@@ -185,7 +194,6 @@ impl<'a> Relay<'a> {
             }
             self.shard.buffers.give_if_empty(&mut self.c2s);
             self.shard.buffers.give_if_empty(&mut self.s2c);
-            self.shard.buffers.give_if_empty(&mut self.prefix);
         }
     }
 
@@ -199,7 +207,7 @@ impl<'a> Relay<'a> {
     fn client_quiet(&self) -> bool {
         self.from_client.at_boundary()
             && self.c2s.as_ref().is_none_or(IoBuf::is_empty)
-            && self.prefix.as_ref().is_none_or(IoBuf::is_empty)
+            && self.prefix.is_none()
     }
 
     async fn client_sent(&mut self) -> Result<(), Fatal> {
@@ -213,7 +221,7 @@ impl<'a> Relay<'a> {
             }
         }
         let to_send = |b: &Option<IoBuf>| b.as_ref().is_some_and(|b| !b.to_send().is_empty());
-        if self.server.is_none() && (to_send(&self.c2s) || to_send(&self.prefix)) {
+        if self.server.is_none() && (to_send(&self.c2s) || self.prefix.is_some()) {
             self.lease().await?;
         }
         Ok(())
@@ -251,23 +259,22 @@ impl<'a> Relay<'a> {
             let effects = pinning::message_effects(tag, body);
             let action = if !tracking {
                 Action::Pass
-            } else if self.prefix.as_ref().is_some_and(|p| !p.is_empty()) && b"PBDCQ".contains(&tag)
-            {
+            } else if self.prefix.is_some() && b"PBDCQ".contains(&tag) {
                 // One rewrite in flight at a time: the prefix must go out first.
                 self.blocked = true;
                 return Ok(Scanned::Blocked);
             } else {
-                let cx = statements::Context {
-                    registry: &self.shard.statements,
-                    settings: self.settings.fingerprint(),
-                    server: self.server.as_mut().map(|s| &mut s.statements),
-                    cap: self.shard.config().max_prepared_statements,
-                };
+                let server = self.server.as_mut().map(|s| &mut s.statements);
                 if tag == b'Q' {
-                    self.statements
-                        .query(effects.clears.contains(Pins::PREPARED), cx)
+                    let drops_all = effects.clears.contains(Pins::PREPARED);
+                    self.statements.query(drops_all, server)
                 } else {
-                    self.statements.client(tag, len, body, cx)
+                    let cx = statements::Context {
+                        registry: &self.shard.statements,
+                        settings: self.settings.fingerprint(),
+                        cap: self.shard.config().max_prepared_statements,
+                    };
+                    self.statements.client(tag, len, body, &cx, server)
                 }
             };
             let (head, bytes) = match action {
@@ -301,13 +308,18 @@ impl<'a> Relay<'a> {
             buf.scanned(bytes.len());
             return;
         }
-        let prefix = self.prefix.get_or_insert_with(|| self.shard.buffers.take());
-        let fits = prefix.push(bytes);
+        let prefix = self.prefix.get_or_insert_with(|| {
+            Box::new(Prefix {
+                buf: self.shard.buffers.take(),
+                before: 0,
+            })
+        });
+        let fits = prefix.buf.push(bytes);
         assert!(
             fits,
             "a rewrite is at most a scanned message and a few names"
         );
-        self.before_prefix = buf.to_send().len();
+        prefix.before = buf.to_send().len();
         buf.splice(head, &[]);
     }
 
@@ -444,7 +456,7 @@ impl<'a> Relay<'a> {
                     "server sent a ParseComplete or CloseComplete with a body",
                 ));
             }
-            match self.statements.reply() {
+            match self.statements.reply(&mut server.statements) {
                 Reply::Pass => buf.scanned(5),
                 Reply::Hide => {
                     buf.splice(5, &[]);
@@ -465,9 +477,10 @@ impl<'a> Relay<'a> {
     /// Gives the server back when the transaction is over and the client has nothing more on the way.
     fn release_if_done(&mut self) {
         if self.tx.idle() && self.server_quiet() && self.pins.is_empty() {
-            if let Some(server) = self.server.take() {
+            if let Some(mut server) = self.server.take() {
                 self.shard.clients.set_server(self.pid, None);
                 self.statements.left_server();
+                server.statements.released();
                 self.shard.release(self.key, server);
             }
         }
@@ -584,6 +597,7 @@ impl<'a> Relay<'a> {
                 } else {
                     server.settings
                 };
+                server.statements.released();
                 return self.shard.release(self.key, server);
             }
         } else if self.tx.running() {
@@ -604,8 +618,7 @@ struct Io<'a> {
     read_client: bool,
     c2s: &'a mut Option<IoBuf>,
     s2c: &'a mut Option<IoBuf>,
-    prefix: &'a mut Option<IoBuf>,
-    before_prefix: &'a mut usize,
+    prefix: Option<&'a mut Prefix>,
     buffers: &'a BufferPool,
 }
 
@@ -623,17 +636,14 @@ impl Future for Io<'_> {
         }
         if let Some(server) = io.server.as_deref_mut() {
             let closed = Event::ServerClosed;
-            let sent = match (
-                io.prefix.as_mut().filter(|p| !p.is_empty()),
-                io.c2s.as_mut(),
-            ) {
-                (Some(_), Some(buf)) if *io.before_prefix > 0 => {
+            let sent = match (io.prefix.as_deref_mut(), io.c2s.as_mut()) {
+                (Some(prefix), Some(buf)) if prefix.before > 0 => {
                     let before = buf.to_send().len();
-                    let sent = poll_send(server, buf, *io.before_prefix, cx, closed);
-                    *io.before_prefix -= before - buf.to_send().len();
+                    let sent = poll_send(server, buf, prefix.before, cx, closed);
+                    prefix.before -= before - buf.to_send().len();
                     sent
                 }
-                (Some(prefix), _) => poll_send(server, prefix, usize::MAX, cx, closed),
+                (Some(prefix), _) => poll_send(server, &mut prefix.buf, usize::MAX, cx, closed),
                 (None, Some(buf)) => poll_send(server, buf, usize::MAX, cx, closed),
                 (None, None) => Poll::Pending,
             };

@@ -90,20 +90,61 @@ impl Registry {
     }
 }
 
-/// The statements one server holds, with their last use for eviction.
+/// The statements one server holds, with their last use for eviction, and the replies to Parse and Close it
+/// owes the client using it.
 #[derive(Debug, Default)]
 pub struct ServerStatements {
+    held: Held,
+    expected: VecDeque<Expected>,
+    /// Syncs, Queries and FunctionCalls sent, and ReadyForQuery received: the batch a message belongs to.
+    batches_sent: u32,
+    batches_done: u32,
+}
+
+/// The statements a server holds: what moves with it to another shard.
+#[derive(Debug, Default)]
+pub struct Held {
     last_use: HashMap<StatementId, u64>,
     clock: u64,
 }
 
+impl From<Held> for ServerStatements {
+    fn from(held: Held) -> Self {
+        ServerStatements {
+            held,
+            ..Default::default()
+        }
+    }
+}
+
 impl ServerStatements {
+    /// What moves with an idle server (which owes no replies) to another shard.
+    pub fn into_held(self) -> Held {
+        debug_assert!(self.expected.is_empty());
+        self.held
+    }
+
+    fn expect(&mut self, reply: Reply, undo: Undo) {
+        let batch = self.batches_sent;
+        self.expected.push_back(Expected { batch, reply, undo });
+    }
+
+    fn batch_sent(&mut self) {
+        self.batches_sent = self.batches_sent.wrapping_add(1);
+    }
+
+    /// The server goes back to the pool: nothing is owed any more.
+    pub fn released(&mut self) {
+        self.expected.clear();
+        self.batches_done = self.batches_sent;
+    }
+
     /// Whether the server holds `id`, counting this as a use.
     fn touch(&mut self, id: StatementId) -> bool {
-        self.clock += 1;
-        match self.last_use.get_mut(&id) {
+        self.held.clock += 1;
+        match self.held.last_use.get_mut(&id) {
             Some(used) => {
-                *used = self.clock;
+                *used = self.held.clock;
                 true
             }
             None => false,
@@ -112,19 +153,19 @@ impl ServerStatements {
 
     /// Records `id` as held; returns the least recently used statement to close when there are more than `cap`.
     fn add(&mut self, id: StatementId, cap: usize) -> Option<StatementId> {
-        self.clock += 1;
-        self.last_use.insert(id, self.clock);
-        if self.last_use.len() <= cap {
+        self.held.clock += 1;
+        self.held.last_use.insert(id, self.held.clock);
+        if self.held.last_use.len() <= cap {
             return None;
         }
-        let (&oldest, _) = self.last_use.iter().min_by_key(|(_, &used)| used)?;
-        self.last_use.remove(&oldest);
+        let (&oldest, _) = self.held.last_use.iter().min_by_key(|(_, &used)| used)?;
+        self.held.last_use.remove(&oldest);
         Some(oldest)
     }
 
     /// The server dropped its statements (DISCARD ALL, DEALLOCATE ALL), or pgherd no longer knows.
     pub fn clear(&mut self) {
-        self.last_use.clear();
+        self.held.last_use.clear();
     }
 }
 
@@ -179,14 +220,13 @@ pub enum Action {
 pub struct Context<'a> {
     pub registry: &'a Registry,
     pub settings: Fingerprint,
-    pub server: Option<&'a mut ServerStatements>,
     /// Most statements kept per server (`max_prepared_statements`).
     pub cap: usize,
 }
 
 type Names = HashMap<Box<[u8]>, Rc<Statement>>;
 
-/// One client's statements and the replies it waits for.
+/// One client's statements.
 #[derive(Debug, Default)]
 pub struct Statements {
     /// By the client's name; boxed and made on first use so a client without any costs one pointer.
@@ -194,10 +234,6 @@ pub struct Statements {
     unnamed: Option<Rc<Statement>>,
     /// The server leased now holds `unnamed` as its unnamed statement.
     unnamed_here: bool,
-    expected: VecDeque<Expected>,
-    /// Syncs, Queries and FunctionCalls sent, and ReadyForQuery received: the batch a message belongs to.
-    batches_sent: u32,
-    batches_done: u32,
 }
 
 /// The first NUL-terminated string of `b` and what follows it.
@@ -218,26 +254,34 @@ fn head(out: &mut Vec<u8>, tag: u8, old_len: usize, cut: usize, parts: &[&[u8]])
 }
 
 impl Statements {
-    fn expect(&mut self, reply: Reply, undo: Undo) {
-        let batch = self.batches_sent;
-        self.expected.push_back(Expected { batch, reply, undo });
-    }
-
     /// The client's message `tag`, with `len` its length field and `body` its first bytes (the whole body for
-    /// Parse and Query when short enough to scan, else `None`).
-    pub fn client(&mut self, tag: u8, len: usize, body: Option<&[u8]>, cx: Context) -> Action {
+    /// Parse and Query when short enough to scan, else `None`), to go to `server`.
+    pub fn client(
+        &mut self,
+        tag: u8,
+        len: usize,
+        body: Option<&[u8]>,
+        cx: &Context,
+        server: Option<&mut ServerStatements>,
+    ) -> Action {
+        if !b"PBDCSF".contains(&tag) {
+            return Action::Pass;
+        }
+        let Some(server) = server else {
+            return Action::NeedServer;
+        };
         match (tag, body) {
-            (b'P', Some(body)) => self.parse(len, body, cx),
+            (b'P', Some(body)) => self.parse(len, body, cx, server),
             // Too long to read whole: forwarded untouched (the client is pinned for it).
             (b'P', None) => {
-                self.expect(Reply::Pass, Undo::Nothing);
+                server.expect(Reply::Pass, Undo::Nothing);
                 Action::Pass
             }
             (b'B', Some(body)) => {
                 match cstr(body).and_then(|(portal, rest)| Some((portal, cstr(rest)?.0))) {
                     Some((portal, name)) => {
                         let cut = portal.len() + 1 + name.len() + 1;
-                        self.use_statement(name, cx, |out, server_name| {
+                        self.use_statement(name, cx, server, |out, server_name| {
                             head(out, b'B', len, cut, &[portal, b"\0", server_name, b"\0"]);
                             5 + cut
                         })
@@ -246,22 +290,22 @@ impl Statements {
                 }
             }
             (b'D', Some([b'S', rest @ ..])) => match cstr(rest) {
-                Some((name, _)) => self.use_statement(name, cx, |out, server_name| {
+                Some((name, _)) => self.use_statement(name, cx, server, |out, server_name| {
                     head(out, b'D', len, 2 + name.len(), &[b"S", server_name, b"\0"]);
                     5 + 2 + name.len()
                 }),
                 None => Action::Pass,
             },
             (b'C', Some([b'S', rest @ ..])) => match cstr(rest) {
-                Some((name, _)) => self.close(len, name),
+                Some((name, _)) => self.close(len, name, server),
                 None => Action::Pass,
             },
             (b'C', _) => {
-                self.expect(Reply::Pass, Undo::Nothing);
+                server.expect(Reply::Pass, Undo::Nothing);
                 Action::Pass
             }
             (b'S' | b'F', _) => {
-                self.batches_sent = self.batches_sent.wrapping_add(1);
+                server.batch_sent();
                 Action::Pass
             }
             _ => Action::Pass,
@@ -270,41 +314,44 @@ impl Statements {
 
     /// A Query: it drops the unnamed statement, and DISCARD ALL or DEALLOCATE ALL (`drops_all`) drop every
     /// statement of the session.
-    pub fn query(&mut self, drops_all: bool, cx: Context) -> Action {
+    pub fn query(&mut self, drops_all: bool, server: Option<&mut ServerStatements>) -> Action {
+        let Some(server) = server else {
+            return Action::NeedServer;
+        };
         if drops_all {
-            let Some(server) = cx.server else {
-                return Action::NeedServer;
-            };
             server.clear();
             self.named = None;
         }
         self.unnamed = None;
         self.unnamed_here = false;
-        self.batches_sent = self.batches_sent.wrapping_add(1);
+        server.batch_sent();
         Action::Pass
     }
 
-    fn parse(&mut self, len: usize, body: &[u8], cx: Context) -> Action {
+    fn parse(
+        &mut self,
+        len: usize,
+        body: &[u8],
+        cx: &Context,
+        server: &mut ServerStatements,
+    ) -> Action {
         let Some((name, parse)) = cstr(body) else {
-            self.expect(Reply::Pass, Undo::Nothing);
+            server.expect(Reply::Pass, Undo::Nothing);
             return Action::Pass;
         };
         let statement = cx.registry.statement(cx.settings, parse);
         if name.is_empty() {
             self.unnamed = Some(statement);
             self.unnamed_here = true;
-            self.expect(Reply::Pass, Undo::Unnamed);
+            server.expect(Reply::Pass, Undo::Unnamed);
             return Action::Pass;
         }
-        let Some(server) = cx.server else {
-            return Action::NeedServer;
-        };
         let mut bytes = Vec::new();
         if let Some(existing) = self.named.as_ref().and_then(|m| m.get(name)).cloned() {
             // PostgreSQL refuses a second statement of the same name: have the server say so.
             self.prepare(&existing, server, cx.cap, &mut bytes);
             encode::parts(&mut bytes, b'P', &[&existing.name(), b"\0", parse]);
-            self.expect(Reply::Pass, Undo::Nothing);
+            server.expect(Reply::Pass, Undo::Nothing);
             return Action::Rewrite {
                 head: 1 + len,
                 bytes,
@@ -315,7 +362,7 @@ impl Statements {
         let forget = Some(Box::<[u8]>::from(name));
         if server.touch(statement.id) {
             encode::parts(&mut bytes, b'C', &[b"S", NO_STATEMENT, b"\0"]);
-            self.expect(
+            server.expect(
                 Reply::AsParseComplete,
                 Undo::Parse {
                     id: None,
@@ -336,7 +383,8 @@ impl Statements {
     fn use_statement(
         &mut self,
         name: &[u8],
-        cx: Context,
+        cx: &Context,
+        server: &mut ServerStatements,
         rename: impl FnOnce(&mut Vec<u8>, &[u8]) -> usize,
     ) -> Action {
         let mut bytes = Vec::new();
@@ -345,7 +393,7 @@ impl Statements {
                 Some(unnamed) if !self.unnamed_here => {
                     encode::parts(&mut bytes, b'P', &[b"\0", &unnamed.parse]);
                     self.unnamed_here = true;
-                    self.expect(Reply::Hide, Undo::Unnamed);
+                    server.expect(Reply::Hide, Undo::Unnamed);
                     Action::Rewrite { head: 0, bytes }
                 }
                 _ => Action::Pass,
@@ -356,23 +404,20 @@ impl Statements {
             // mistake the server will report).
             return Action::Pass;
         };
-        let Some(server) = cx.server else {
-            return Action::NeedServer;
-        };
         self.prepare(&statement, server, cx.cap, &mut bytes);
         let head = rename(&mut bytes, &statement.name());
         Action::Rewrite { head, bytes }
     }
 
-    fn close(&mut self, len: usize, name: &[u8]) -> Action {
+    fn close(&mut self, len: usize, name: &[u8], server: &mut ServerStatements) -> Action {
         if name.is_empty() {
             self.unnamed = None;
             self.unnamed_here = false;
-            self.expect(Reply::Pass, Undo::Nothing);
+            server.expect(Reply::Pass, Undo::Nothing);
             return Action::Pass;
         }
         let Some(statement) = self.named.as_mut().and_then(|m| m.remove(name)) else {
-            self.expect(Reply::Pass, Undo::Nothing);
+            server.expect(Reply::Pass, Undo::Nothing);
             return Action::Pass;
         };
         // The server keeps the statement for others; closing a name nobody has still answers CloseComplete.
@@ -384,7 +429,7 @@ impl Statements {
             2 + name.len(),
             &[b"S", NO_STATEMENT, b"\0"],
         );
-        self.expect(
+        server.expect(
             Reply::Pass,
             Undo::Close {
                 evicted: None,
@@ -424,7 +469,7 @@ impl Statements {
         if let Some(evicted) = server.add(statement.id, cap) {
             encode::parts(out, b'C', &[b"S", &server_name(evicted), b"\0"]);
             let evicted = Some(evicted);
-            self.expect(
+            server.expect(
                 Reply::Hide,
                 Undo::Close {
                     evicted,
@@ -434,28 +479,26 @@ impl Statements {
         }
         let name = statement.name();
         encode::parts(out, b'C', &[b"S", &name, b"\0"]);
-        self.expect(Reply::Hide, Undo::Nothing);
+        server.expect(Reply::Hide, Undo::Nothing);
         encode::parts(out, b'P', &[&name, b"\0", &statement.parse]);
         let undo = Undo::Parse {
             id: Some(statement.id),
             name: client_name,
         };
-        self.expect(reply, undo);
+        server.expect(reply, undo);
     }
 
     /// The server sent ParseComplete or CloseComplete: what to do with it.
-    pub fn reply(&mut self) -> Reply {
-        self.expected.pop_front().map_or(Reply::Pass, |e| e.reply)
+    pub fn reply(&mut self, server: &mut ServerStatements) -> Reply {
+        server.expected.pop_front().map_or(Reply::Pass, |e| e.reply)
     }
 
     /// The server sent an ErrorResponse: the messages of the current batch still expected will be skipped.
     pub fn error(&mut self, server: &mut ServerStatements) {
-        while self
+        while let Some(expected) = server
             .expected
-            .front()
-            .is_some_and(|e| e.batch == self.batches_done)
+            .pop_front_if(|e| e.batch == server.batches_done)
         {
-            let expected = self.expected.pop_front().expect("checked above");
             self.undo(expected.undo, server);
         }
     }
@@ -464,7 +507,7 @@ impl Statements {
     pub fn ready(&mut self, server: &mut ServerStatements) {
         // Anything still expected from the finished batch was never answered (it was skipped).
         self.error(server);
-        self.batches_done = self.batches_done.wrapping_add(1);
+        server.batches_done = server.batches_done.wrapping_add(1);
     }
 
     fn undo(&mut self, undo: Undo, server: &mut ServerStatements) {
@@ -472,7 +515,7 @@ impl Statements {
             Undo::Nothing => {}
             Undo::Parse { id, name } => {
                 if let Some(id) = id {
-                    server.last_use.remove(&id);
+                    server.held.last_use.remove(&id);
                 }
                 if let (Some(name), Some(named)) = (name, self.named.as_mut()) {
                     named.remove(&name);
@@ -481,8 +524,8 @@ impl Statements {
             Undo::Unnamed => self.unnamed_here = false,
             Undo::Close { evicted, name } => {
                 if let Some(id) = evicted {
-                    server.clock += 1;
-                    server.last_use.insert(id, server.clock);
+                    server.held.clock += 1;
+                    server.held.last_use.insert(id, server.held.clock);
                 }
                 if let Some((name, statement)) = name {
                     self.named.get_or_insert_default().insert(name, statement);
@@ -491,11 +534,9 @@ impl Statements {
         }
     }
 
-    /// The client's transaction ended and its server went back to the pool, or was lost.
+    /// The client's server went back to the pool or was lost: the next one holds none of its unnamed statement.
     pub fn left_server(&mut self) {
         self.unnamed_here = false;
-        self.expected.clear();
-        self.batches_done = self.batches_sent;
     }
 }
 
@@ -511,7 +552,7 @@ mod tests {
 
     impl ServerStatements {
         fn len(&self) -> usize {
-            self.last_use.len()
+            self.held.last_use.len()
         }
     }
 
@@ -558,10 +599,10 @@ mod tests {
             let cx = Context {
                 registry: &self.registry,
                 settings: 7,
-                server: Some(&mut self.servers[on]),
                 cap: self.cap,
             };
-            match client.client(tag, body.len() + 4, Some(body), cx) {
+            let server = Some(&mut self.servers[on]);
+            match client.client(tag, body.len() + 4, Some(body), &cx, server) {
                 Action::Pass => messages(&whole),
                 Action::NeedServer => panic!("a server was given"),
                 Action::Rewrite { head: 0, bytes } => {
@@ -620,7 +661,8 @@ mod tests {
         let sent = w.send(&mut c, 1, b'B', &bind("s"));
         let tags: Vec<u8> = sent.iter().map(|(t, _)| *t).collect();
         assert_eq!(tags, b"CPB");
-        assert_eq!([c.reply(), c.reply()], [Reply::Hide, Reply::Hide]);
+        let s1 = &mut w.servers[1];
+        assert_eq!([c.reply(s1), c.reply(s1)], [Reply::Hide, Reply::Hide]);
         let tags: Vec<u8> = w
             .send(&mut c, 1, b'B', &bind("s"))
             .iter()
@@ -634,9 +676,12 @@ mod tests {
         let mut w = World::new(1, 10);
         let (mut a, mut b) = (Statements::default(), Statements::default());
         w.send(&mut a, 0, b'P', &parse("x", "SELECT 1"));
+        // a's Close and Parse are answered first.
+        a.reply(&mut w.servers[0]);
+        a.reply(&mut w.servers[0]);
         let sent = w.send(&mut b, 0, b'P', &parse("y", "SELECT 1"));
         assert_eq!(sent, vec![(b'C', body(&[b"S", NO_STATEMENT, b"\0"]))]);
-        assert_eq!(b.reply(), Reply::AsParseComplete);
+        assert_eq!(b.reply(&mut w.servers[0]), Reply::AsParseComplete);
     }
 
     #[test]
@@ -681,7 +726,7 @@ mod tests {
         // Parse fails on the server: the client's name and the server's statement both never existed.
         w.send(&mut c, 0, b'P', &parse("bad", "SELEC 1"));
         w.send(&mut c, 0, b'S', b"");
-        c.reply(); // the hidden Close's CloseComplete
+        c.reply(&mut w.servers[0]); // the hidden Close's CloseComplete
         c.error(&mut w.servers[0]);
         c.ready(&mut w.servers[0]);
         assert_eq!(c.count(), 0);
@@ -695,7 +740,8 @@ mod tests {
         // A successful one stays.
         w.send(&mut c, 0, b'P', &parse("good", "SELECT 1"));
         w.send(&mut c, 0, b'S', b"");
-        assert_eq!([c.reply(), c.reply()], [Reply::Hide, Reply::Pass]);
+        let s0 = &mut w.servers[0];
+        assert_eq!([c.reply(s0), c.reply(s0)], [Reply::Hide, Reply::Pass]);
         c.ready(&mut w.servers[0]);
         assert_eq!((c.count(), w.servers[0].len()), (1, 1));
     }
@@ -711,13 +757,8 @@ mod tests {
         assert_eq!(sent[0], (b'P', parse("", "SELECT 1")));
         assert_eq!(sent[1].0, b'B');
         // A Query drops it, as PostgreSQL does.
-        let cx = Context {
-            registry: &w.registry,
-            settings: 7,
-            server: None,
-            cap: 10,
-        };
-        assert_eq!(c.query(false, cx), Action::Pass);
+        assert_eq!(c.query(false, None), Action::NeedServer);
+        assert_eq!(c.query(false, Some(&mut w.servers[1])), Action::Pass);
         c.left_server();
         assert_eq!(w.send(&mut c, 0, b'B', &bind("")).len(), 1);
     }
