@@ -6,7 +6,10 @@ settings (transaction pooling, pool of 20, SCRAM), then for each pooler and prot
 recorded and a measured pgbench run. CPU comes from /proc (utime + stime of every thread), the method in
 BENCHMARKING.md: ratios between poolers in one run are the figures that mean something on a noisy machine.
 
-    python3 benches/compare.py [--seconds 20] [--clients 100] [--modes simple,extended] [--out FILE]
+    python3 benches/compare.py [--seconds 20] [--clients 100] [--modes simple,extended,prepared] [--out FILE]
+
+A pooler whose pgbench run fails (PgBouncer 1.18 cannot serve -M prepared in transaction mode) gets a row
+saying why instead of figures.
 
 Also measures pgherd's resident memory per idle client (--idle N, default 10000; 0 skips it).
 Every process it starts is stopped by pid on exit, also on failure.
@@ -214,6 +217,10 @@ def measure(pg, pooler_pid, port, args, seconds):
         time.sleep(0.2)
     out, err = run.communicate()
     p1, g1, (b1, t1) = cpu_ticks(pooler_pid), postgres_ticks(pg.proc.pid), host_busy_ticks()
+    if run.returncode != 0:
+        # E.g. PgBouncer 1.18 in transaction mode with -M prepared: "prepared statement ... does not exist".
+        first_error = next((l for l in err.splitlines() if "ERROR" in l or "error" in l), err.strip()[:200])
+        return {"error": first_error.strip()}
     txs = int(re.search(r"number of transactions actually processed: (\d+)", out).group(1))
     failed = re.search(r"number of failed transactions: (\d+)", out)
     lat = float(re.search(r"latency average = ([\d.]+) ms", out).group(1))
@@ -278,6 +285,9 @@ def main():
             args = ["-S", "-M", mode, "-c", str(a.clients), "-j", "2"]
             r = measure(pg, proc.pid, port, args, a.seconds)
             rows.append((mode, name, r))
+            if "error" in r:
+                print(f"{mode:9} {name:22} failed: {r['error']}", file=sys.stderr)
+                continue
             print(f"{mode:9} {name:22} tps {r['tps']:9.0f}  pooler {r['pooler']:6.1f} us/tx  "
                   f"other {r['other']:4.1f}%", file=sys.stderr)
     idle = []
@@ -291,13 +301,16 @@ def main():
              "| pgbench CPU µs/tx | other CPU % | pooler RSS MiB |",
              "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for mode, name, r in rows:
+        if "error" in r:
+            lines.append(f"| {mode} | {name} | pgbench failed: {r['error']} | | | | | | | |")
+            continue
         flag = " (busy host)" if r["other"] > 10 else ""
         lines.append(f"| {mode} | {name} | {r['tps']:.0f} | {r['lat']:.2f} | {r['failed']} | {r['pooler']:.1f} | "
                      f"{r['postgres']:.1f} | {r['pgbench']:.1f} | {r['other']:.1f}{flag} | {r['rss'] / 2**20:.1f} |")
-    base = {mode: r["pooler"] for mode, name, r in rows if name.startswith("pgbouncer")}
+    base = {mode: r["pooler"] for mode, name, r in rows if name.startswith("pgbouncer") and "error" not in r}
     lines.append("")
     for mode, name, r in rows:
-        if not name.startswith("pgbouncer"):
+        if not name.startswith("pgbouncer") and mode in base and "error" not in r:
             lines.append(f"- {mode}: {name} uses {r['pooler'] / base[mode]:.2f}× PgBouncer's CPU per transaction")
     if idle:
         lines += ["", f"Idle clients (SCRAM login, then idle): {a.idle}", "", "| pooler | bytes per idle client |",
