@@ -116,6 +116,11 @@ impl IoBuf {
         self.start == self.end
     }
 
+    /// Bytes that can still be received or pushed (after moving unsent bytes to the front).
+    pub fn free(&self) -> usize {
+        self.data.len() - (self.end - self.start)
+    }
+
     pub fn has_room(&self) -> bool {
         self.end < self.data.len() || self.start > 0
     }

@@ -264,10 +264,14 @@ impl<'a> Relay<'a> {
                 self.blocked = true;
                 return Ok(Scanned::Blocked);
             } else {
+                // An answer of pgherd's own goes after everything the server said, and needs a little room.
+                let ready = self.tx.ready_status().filter(|_| {
+                    self.server_quiet() && self.s2c.as_ref().is_none_or(|b| b.free() >= 64)
+                });
                 let server = self.server.as_mut().map(|s| &mut s.statements);
                 if tag == b'Q' {
                     let drops_all = effects.clears.contains(Pins::PREPARED);
-                    self.statements.query(drops_all, server)
+                    self.statements.query(body, drops_all, ready, server)
                 } else {
                     let cx = statements::Context {
                         registry: &self.shard.statements,
@@ -285,6 +289,13 @@ impl<'a> Relay<'a> {
                     continue;
                 }
                 Action::Rewrite { head, bytes } => (head, Some(bytes)),
+                Action::Answer(bytes) => {
+                    buf.splice(1 + len, &[]);
+                    let s2c = self.s2c.get_or_insert_with(|| self.shard.buffers.take());
+                    let fits = s2c.push(&bytes);
+                    debug_assert!(fits, "room was checked");
+                    continue;
+                }
                 Action::Pass => (5, None),
             };
             self.client_message(tag, effects)?;

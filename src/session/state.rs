@@ -67,6 +67,12 @@ impl Tracker {
         self.pending == 0 && !self.unsynced
     }
 
+    /// The status to report when the client waits for nothing: `None` while something is in flight or in a
+    /// failed transaction (where only the server knows what to answer).
+    pub fn ready_status(&self) -> Option<u8> {
+        (self.settled() && self.status != b'E').then_some(self.status)
+    }
+
     pub fn in_transaction(&self) -> bool {
         self.status != b'I'
     }

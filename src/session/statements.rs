@@ -214,6 +214,8 @@ pub enum Action {
     /// Put `bytes` in place of the message's first `head` bytes (header included; 0 when `bytes` only go
     /// before it, and the message is looked at again afterwards).
     Rewrite { head: usize, bytes: Vec<u8> },
+    /// Answer the message with `bytes` instead of forwarding it.
+    Answer(Vec<u8>),
 }
 
 /// The parts of the world a rewrite consults.
@@ -234,6 +236,39 @@ pub struct Statements {
     unnamed: Option<Rc<Statement>>,
     /// The server leased now holds `unnamed` as its unnamed statement.
     unnamed_here: bool,
+}
+
+/// The statement name of SQL that is exactly `DEALLOCATE [PREPARE] name`, as PostgreSQL reads the name (folded
+/// to lower case unless double-quoted).
+fn deallocated(sql: &[u8]) -> Option<Vec<u8>> {
+    let sql = std::str::from_utf8(sql).ok()?;
+    let sql = sql
+        .trim_end_matches(['\0', ';', ' ', '\t', '\r', '\n'])
+        .trim_start();
+    let mut words = sql.split_ascii_whitespace();
+    if !words.next()?.eq_ignore_ascii_case("DEALLOCATE") {
+        return None;
+    }
+    let mut name = words.next()?;
+    if name.eq_ignore_ascii_case("PREPARE") {
+        name = words.next()?;
+    }
+    if words.next().is_some() || name.eq_ignore_ascii_case("ALL") || name.contains(';') {
+        return None;
+    }
+    match name.strip_prefix('"').and_then(|n| n.strip_suffix('"')) {
+        Some(quoted) if !quoted.replace("\"\"", "").contains('"') => {
+            Some(quoted.replace("\"\"", "\"").into_bytes())
+        }
+        Some(_) => None,
+        None if name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'$') =>
+        {
+            Some(name.to_ascii_lowercase().into_bytes())
+        }
+        None => None,
+    }
 }
 
 /// The first NUL-terminated string of `b` and what follows it.
@@ -312,9 +347,33 @@ impl Statements {
         }
     }
 
-    /// A Query: it drops the unnamed statement, and DISCARD ALL or DEALLOCATE ALL (`drops_all`) drop every
-    /// statement of the session.
-    pub fn query(&mut self, drops_all: bool, server: Option<&mut ServerStatements>) -> Action {
+    /// A Query with text `sql` (when read whole): it drops the unnamed statement, and DISCARD ALL or
+    /// DEALLOCATE ALL (`drops_all`) drop every statement of the session. `DEALLOCATE name` of one of the
+    /// client's protocol-level statements is answered here when the client waits for nothing else (`ready`
+    /// is then the transaction status to report): the server never had that name.
+    pub fn query(
+        &mut self,
+        sql: Option<&[u8]>,
+        drops_all: bool,
+        ready: Option<u8>,
+        server: Option<&mut ServerStatements>,
+    ) -> Action {
+        let target = sql
+            .zip(ready)
+            .and_then(|(sql, status)| Some((deallocated(sql)?, status)));
+        if let Some((name, status)) = target {
+            if self
+                .named
+                .as_mut()
+                .and_then(|m| m.remove(&name[..]))
+                .is_some()
+            {
+                let mut bytes = Vec::new();
+                encode::parts(&mut bytes, b'C', &[b"DEALLOCATE\0"]);
+                encode::ready_for_query(&mut bytes, status);
+                return Action::Answer(bytes);
+            }
+        }
         let Some(server) = server else {
             return Action::NeedServer;
         };
@@ -604,7 +663,7 @@ mod tests {
             let server = Some(&mut self.servers[on]);
             match client.client(tag, body.len() + 4, Some(body), &cx, server) {
                 Action::Pass => messages(&whole),
-                Action::NeedServer => panic!("a server was given"),
+                Action::NeedServer | Action::Answer(_) => panic!("not for these messages"),
                 Action::Rewrite { head: 0, bytes } => {
                     let mut out = messages(&bytes);
                     out.extend(self.send(client, on, tag, body));
@@ -757,10 +816,50 @@ mod tests {
         assert_eq!(sent[0], (b'P', parse("", "SELECT 1")));
         assert_eq!(sent[1].0, b'B');
         // A Query drops it, as PostgreSQL does.
-        assert_eq!(c.query(false, None), Action::NeedServer);
-        assert_eq!(c.query(false, Some(&mut w.servers[1])), Action::Pass);
+        assert_eq!(c.query(None, false, None, None), Action::NeedServer);
+        assert_eq!(
+            c.query(None, false, None, Some(&mut w.servers[1])),
+            Action::Pass
+        );
         c.left_server();
         assert_eq!(w.send(&mut c, 0, b'B', &bind("")).len(), 1);
+    }
+
+    #[test]
+    fn deallocate_of_a_protocol_statement_is_answered_for_the_client_only() {
+        assert_eq!(
+            deallocated(b"DEALLOCATE _pg3_0\0"),
+            Some(b"_pg3_0".to_vec())
+        );
+        assert_eq!(
+            deallocated(b"deallocate prepare S_1;\0"),
+            Some(b"s_1".to_vec())
+        );
+        assert_eq!(deallocated(b"DEALLOCATE \"S_1\"\0"), Some(b"S_1".to_vec()));
+        for sql in [
+            "DEALLOCATE ALL",
+            "DEALLOCATE a; SELECT 1",
+            "SELECT 1",
+            "DEALLOCATE \"a\"b\"",
+        ] {
+            assert_eq!(deallocated(sql.as_bytes()), None, "{sql}");
+        }
+        let mut w = World::new(1, 10);
+        let (mut a, mut b) = (Statements::default(), Statements::default());
+        w.send(&mut a, 0, b'P', &parse("_pg3_0", "SELECT 1"));
+        w.send(&mut b, 0, b'P', &parse("_pg3_0", "SELECT 1"));
+        let sql = Some(&b"DEALLOCATE _pg3_0\0"[..]);
+        let answer = a.query(sql, false, Some(b'I'), Some(&mut w.servers[0]));
+        let mut expected = Vec::new();
+        encode::parts(&mut expected, b'C', &[b"DEALLOCATE\0"]);
+        encode::ready_for_query(&mut expected, b'I');
+        assert_eq!(answer, Action::Answer(expected));
+        assert_eq!((a.count(), b.count()), (0, 1));
+        // Now unknown to the client: the server answers, as PostgreSQL would, that it does not exist.
+        assert_eq!(
+            a.query(sql, false, Some(b'I'), Some(&mut w.servers[0])),
+            Action::Pass
+        );
     }
 
     #[test]
