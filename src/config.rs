@@ -96,6 +96,9 @@ struct File {
     /// Query run on a server when a session-mode client leaves. Default "DISCARD ALL"; "" runs nothing.
     #[serde(default = "default_reset_query")]
     server_reset_query: String,
+    /// Seconds between two "stats:" log lines (clients, clients pinned to their server). Default 60.
+    #[serde(default = "secs::<60>", deserialize_with = "seconds")]
+    stats_period: Duration,
     /// Seconds that SIGTERM/SIGINT waits for running transactions before closing everything. Default 30.
     #[serde(default = "secs::<30>", deserialize_with = "seconds")]
     shutdown_timeout: Duration,
@@ -213,6 +216,7 @@ pub struct Config {
     pub server_reset_query: String,
     pub max_prepared_statements: usize,
     pub shutdown_timeout: Duration,
+    pub stats_period: Duration,
     pub log_level: LogLevel,
     pub databases: Vec<Database>,
     pub users: Vec<User>,
@@ -385,6 +389,7 @@ impl Config {
             server_reset_query: file.server_reset_query,
             max_prepared_statements: file.max_prepared_statements,
             shutdown_timeout: file.shutdown_timeout,
+            stats_period: file.stats_period,
             log_level: file.log_level,
             databases,
             users,

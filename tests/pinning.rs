@@ -145,3 +145,20 @@ async fn listen_keeps_the_server_so_notifications_arrive() {
     }
     listener.batch_execute("UNLISTEN *").await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pinned_clients_are_counted_in_stats() {
+    let Fixture { pg: _pg, herd } = fixture("transaction", 2, "workers = 2\nstats_period = 0.2");
+    let a = connect(herd.port, "app", "secret", "app").await;
+    a.batch_execute("LISTEN jobs").await.unwrap();
+    herd.wait_for_log("stats: 1 client(s), 1 pinned", Duration::from_secs(10));
+    herd.wait_for_log("keeps its server: LISTEN", Duration::from_secs(1));
+    a.batch_execute("UNLISTEN *").await.unwrap();
+    herd.wait_for_log("returns to pooling", Duration::from_secs(5));
+    let log_len = herd.log().len();
+    common::wait_until(
+        Duration::from_secs(10),
+        "a stats line with nobody pinned",
+        || herd.log()[log_len..].contains("stats: 1 client(s), 0 pinned"),
+    );
+}

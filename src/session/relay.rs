@@ -6,6 +6,7 @@ use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::rc::Rc;
+use std::sync::atomic::Ordering;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
@@ -122,6 +123,9 @@ impl<'a> Relay<'a> {
     /// Relays until the client leaves; the server, if any, is cleaned and returned or closed.
     pub async fn run(mut self, client: &mut TcpStream) -> Result<(), Fatal> {
         let result = self.relay(client).await;
+        if !self.pins.is_empty() && self.mode != PoolMode::Session {
+            self.shard.shared.pinned.fetch_sub(1, Ordering::Relaxed);
+        }
         if let Err(Fatal::Gone) | Ok(()) = result {
             // Nothing more to tell the client, but let it have what the server already said.
             Box::pin(self.flush_to_client(client)).await;
@@ -352,10 +356,13 @@ impl<'a> Relay<'a> {
         if let Some(changes) = effects.settings {
             self.changes.get_or_insert_default().merge(*changes);
         }
-        if self.pins != was_pinned && self.mode == PoolMode::Transaction {
+        if self.pins != was_pinned && self.mode != PoolMode::Session {
+            let pinned = &self.shard.shared.pinned;
             if was_pinned.is_empty() {
+                pinned.fetch_add(1, Ordering::Relaxed);
                 info!("client pid {} keeps its server: {}", self.pid, self.pins);
             } else if self.pins.is_empty() {
+                pinned.fetch_sub(1, Ordering::Relaxed);
                 info!("client pid {} returns to pooling", self.pid);
             }
         }

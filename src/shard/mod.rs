@@ -31,6 +31,8 @@ pub struct Shared {
     pub config: Config,
     pub shutdown: AtomicBool,
     clients: AtomicU32,
+    /// Transaction-mode clients keeping their server for session state that cannot move (see `pinning`).
+    pub pinned: AtomicU32,
     per_database: Vec<AtomicU32>,
     per_user: Vec<AtomicU32>,
     /// Each pool's ParameterStatus set, learnt from its first server on any shard and told to every client at
@@ -47,6 +49,7 @@ impl Shared {
         Shared {
             shutdown: AtomicBool::new(false),
             clients: AtomicU32::new(0),
+            pinned: AtomicU32::new(0),
             per_database: counters(config.databases.len()),
             per_user: counters(config.users.len()),
             client_keys: (0..config.users.len()).map(|_| OnceLock::new()).collect(),
@@ -70,6 +73,15 @@ impl Shared {
         self.params[self.pool_index(key)]
             .get_or_init(|| params.into())
             .clone()
+    }
+
+    /// The periodic "stats:" log line.
+    pub fn stats(&self) -> String {
+        format!(
+            "stats: {} client(s), {} pinned to their server",
+            self.clients.load(Ordering::Relaxed),
+            self.pinned.load(Ordering::Relaxed)
+        )
     }
 
     pub fn client_key(&self, user: usize) -> Option<[u8; 32]> {

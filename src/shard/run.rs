@@ -150,11 +150,17 @@ async fn run_shard(
 
     shard.create_warm_pools();
     let mut ticks = 0u32;
+    let mut next_stats = Instant::now() + shard.config().stats_period;
     while !shard.shutting_down() {
         glommio::timer::sleep(TICK).await;
         ticks = ticks.wrapping_add(1);
         if ticks.is_multiple_of(UPKEEP_EVERY) {
             shard.look_after_pools();
+        }
+        // The counters are global: one shard reports them.
+        if shard.id == 0 && Instant::now() >= next_stats {
+            info!("{}", shard.shared.stats());
+            next_stats += shard.config().stats_period;
         }
     }
     // Dropping the accept tasks closes the listeners.
