@@ -273,8 +273,8 @@ impl<'a> Relay<'a> {
                     self.server_quiet() && self.s2c.as_ref().is_none_or(|b| b.free() >= 64)
                 });
                 let server = self.server.as_mut().map(|s| &mut s.statements);
+                let drops_all = effects.clears.contains(Pins::PREPARED);
                 if tag == b'Q' {
-                    let drops_all = effects.clears.contains(Pins::PREPARED);
                     self.statements.query(body, drops_all, ready, server)
                 } else {
                     let cx = statements::Context {
@@ -282,7 +282,8 @@ impl<'a> Relay<'a> {
                         settings: self.settings.fingerprint(),
                         cap: self.shard.config().max_prepared_statements,
                     };
-                    self.statements.client(tag, len, body, &cx, server)
+                    self.statements
+                        .client(tag, len, body, drops_all, &cx, server)
                 }
             };
             let (head, bytes) = match action {

@@ -290,12 +290,14 @@ fn head(out: &mut Vec<u8>, tag: u8, old_len: usize, cut: usize, parts: &[&[u8]])
 
 impl Statements {
     /// The client's message `tag`, with `len` its length field and `body` its first bytes (the whole body for
-    /// Parse and Query when short enough to scan, else `None`), to go to `server`.
+    /// Parse and Query when short enough to scan, else `None`), to go to `server`. `drops_all`: a Parse of
+    /// DISCARD ALL or DEALLOCATE ALL, taken to run (drivers send them through the extended protocol too).
     pub fn client(
         &mut self,
         tag: u8,
         len: usize,
         body: Option<&[u8]>,
+        drops_all: bool,
         cx: &Context,
         server: Option<&mut ServerStatements>,
     ) -> Action {
@@ -305,6 +307,10 @@ impl Statements {
         let Some(server) = server else {
             return Action::NeedServer;
         };
+        if drops_all {
+            server.clear();
+            self.named = None;
+        }
         match (tag, body) {
             (b'P', Some(body)) => self.parse(len, body, cx, server),
             // Too long to read whole: forwarded untouched (the client is pinned for it).
@@ -661,7 +667,7 @@ mod tests {
                 cap: self.cap,
             };
             let server = Some(&mut self.servers[on]);
-            match client.client(tag, body.len() + 4, Some(body), &cx, server) {
+            match client.client(tag, body.len() + 4, Some(body), false, &cx, server) {
                 Action::Pass => messages(&whole),
                 Action::NeedServer | Action::Answer(_) => panic!("not for these messages"),
                 Action::Rewrite { head: 0, bytes } => {
