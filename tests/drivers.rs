@@ -137,3 +137,14 @@ fn python_psycopg_asyncpg_and_raw_protocol() {
         cmd
     });
 }
+
+#[test]
+fn node_postgres() {
+    let dir = install("node");
+    run_suite(|| {
+        let mut cmd = Command::new("node");
+        cmd.env("NODE_PATH", dir.join("node_modules"))
+            .arg(root().join("tests/drivers/node/suite.js"));
+        cmd
+    });
+}
