@@ -148,3 +148,15 @@ fn node_postgres() {
         cmd
     });
 }
+
+#[test]
+fn pgjdbc() {
+    let dir = install("java");
+    run_suite(|| {
+        let mut cmd = Command::new("java");
+        cmd.arg("-cp")
+            .arg(dir.join("postgresql.jar"))
+            .arg(root().join("tests/drivers/java/Suite.java"));
+        cmd
+    });
+}
