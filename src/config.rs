@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde::Deserialize;
@@ -64,6 +65,18 @@ struct File {
     /// Client authentication of every user that does not set its own. Default "scram-sha-256".
     #[serde(default = "default_auth_type")]
     auth_type: AuthType,
+    /// A [users] entry whose password pgherd uses to look up users that are not in [users], with `auth_query`,
+    /// in the database the client asked for. Default none: only [users] may log in.
+    auth_user: Option<String>,
+    /// The lookup: `$1` is the user name; it returns the name and the stored password (a SCRAM verifier or an
+    /// md5 hash; NULL or no row: the user cannot log in). Default
+    /// `SELECT usename, passwd FROM pg_catalog.pg_shadow WHERE usename = $1` (needs a superuser auth_user; a
+    /// SECURITY DEFINER function is the usual way around that).
+    #[serde(default = "default_auth_query")]
+    auth_query: String,
+    /// Seconds a looked-up password (or its absence) is trusted before the next login looks again. Default 60.
+    #[serde(default = "secs::<60>", deserialize_with = "seconds")]
+    auth_query_cache_ttl: Duration,
     /// listen(2) backlog of each shard's listener (capped by net.core.somaxconn). Default 4096.
     #[serde(default = "default_backlog")]
     listen_backlog: u32,
@@ -161,6 +174,9 @@ fn default_max_client_conn() -> u32 {
 fn default_auth_type() -> AuthType {
     AuthType::ScramSha256
 }
+fn default_auth_query() -> String {
+    "SELECT usename, passwd FROM pg_catalog.pg_shadow WHERE usename = $1".into()
+}
 fn default_backlog() -> u32 {
     4096
 }
@@ -219,7 +235,14 @@ pub struct Config {
     pub stats_period: Duration,
     pub log_level: LogLevel,
     pub databases: Vec<Database>,
-    pub users: Vec<User>,
+    /// Shared with the users `auth_query` finds, which live beside them (see `shard::users`).
+    pub users: Vec<Arc<User>>,
+    /// Client authentication for users found by auth_query.
+    pub auth_type: AuthType,
+    /// Index in `users` of the auth_user.
+    pub auth_user: Option<usize>,
+    pub auth_query: String,
+    pub auth_query_cache_ttl: Duration,
 }
 
 #[derive(Debug)]
@@ -253,7 +276,7 @@ pub enum ClientAuth {
     Scram(scram::Secret),
 }
 
-#[derive(Debug)]
+#[derive(Debug, PartialEq, Eq)]
 pub enum ServerPassword {
     Plain(String),
     /// Enough for md5 authentication, not for SCRAM or cleartext.
@@ -276,8 +299,9 @@ impl Config {
 
     /// Pool mode of a (database, user) pair: the user's override wins over the database's.
     pub fn pool_mode(&self, db: usize, user: usize) -> PoolMode {
-        self.users[user]
-            .pool_mode
+        self.users
+            .get(user)
+            .and_then(|u| u.pool_mode)
             .unwrap_or(self.databases[db].pool_mode)
     }
 
@@ -366,15 +390,28 @@ impl Config {
             let auth = u.auth_type.unwrap_or(file.auth_type);
             let (client_auth, server_password) = derive_secrets(&name, &u.password, auth)
                 .map_err(|why| fail(&header, format!("users.{name}.password: {why}")))?;
-            users.push(User {
+            users.push(Arc::new(User {
                 name,
                 client_auth,
                 server_password,
                 pool_mode: u.pool_mode,
                 max_client_conn: u.max_client_conn,
-            });
+            }));
         }
+        let auth_user = match &file.auth_user {
+            Some(name) => Some(users.iter().position(|u| u.name == *name).ok_or_else(|| {
+                fail(
+                    "auth_user",
+                    format!("auth_user: \"{name}\" is not in [users]"),
+                )
+            })?),
+            None => None,
+        };
         Ok(Config {
+            auth_type: file.auth_type,
+            auth_user,
+            auth_query: file.auth_query,
+            auth_query_cache_ttl: file.auth_query_cache_ttl,
             listen: file.listen,
             workers: file.workers,
             max_client_conn: file.max_client_conn,
@@ -404,7 +441,7 @@ fn is_md5_hash(password: &str) -> bool {
 }
 
 /// Turns a configured password into what client authentication checks and what server login answers.
-fn derive_secrets(
+pub(crate) fn derive_secrets(
     user: &str,
     password: &str,
     auth: AuthType,

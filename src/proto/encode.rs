@@ -20,6 +20,31 @@ pub fn parts(out: &mut Vec<u8>, tag: u8, parts: &[&[u8]]) {
     });
 }
 
+/// Parse, Bind, Execute and Sync of the unnamed statement: `sql` with text parameters `$1`...
+pub fn extended_query(out: &mut Vec<u8>, sql: &str, params: &[&str]) {
+    message(out, b'P', |b| {
+        cstr(b, "");
+        cstr(b, sql);
+        b.extend_from_slice(&0u16.to_be_bytes());
+    });
+    message(out, b'B', |b| {
+        cstr(b, "");
+        cstr(b, "");
+        b.extend_from_slice(&0u16.to_be_bytes());
+        b.extend_from_slice(&(params.len() as u16).to_be_bytes());
+        for p in params {
+            b.extend_from_slice(&(p.len() as u32).to_be_bytes());
+            b.extend_from_slice(p.as_bytes());
+        }
+        b.extend_from_slice(&0u16.to_be_bytes());
+    });
+    message(out, b'E', |b| {
+        cstr(b, "");
+        b.extend_from_slice(&0u32.to_be_bytes());
+    });
+    message(out, b'S', |_| {});
+}
+
 fn cstr(out: &mut Vec<u8>, s: &str) {
     out.extend_from_slice(s.as_bytes());
     out.push(0);

@@ -102,6 +102,22 @@ impl Server {
     pub async fn query(&mut self, sql: &str, limit: Duration) -> Option<Answer> {
         let mut out = Vec::new();
         encode::query(&mut out, sql);
+        self.answer(out, limit).await
+    }
+
+    /// One statement with text parameters, by the extended protocol, so values are never spliced into SQL.
+    pub async fn query_params(
+        &mut self,
+        sql: &str,
+        params: &[&str],
+        limit: Duration,
+    ) -> Option<Answer> {
+        let mut out = Vec::new();
+        encode::extended_query(&mut out, sql, params);
+        self.answer(out, limit).await
+    }
+
+    async fn answer(&mut self, out: Vec<u8>, limit: Duration) -> Option<Answer> {
         let work = async {
             self.stream.write_all(&out).await.ok()?;
             self.drain_until_ready().await

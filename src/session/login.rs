@@ -153,10 +153,18 @@ pub async fn login(
             format!("database \"{db_name}\" does not exist"),
         ));
     };
-    let Some(user) = config.user(user_name) else {
+    let user = match config.user(user_name) {
+        Some(user) => Some(user),
+        None if config.auth_user.is_some() => Box::pin(shard.find_user(db, user_name))
+            .await
+            .map_err(|why| Fatal::new(sqlstate::CONNECTION_FAILURE, why))?,
+        None => None,
+    };
+    let Some(user) = user else {
         crate::info!("login refused for unknown user \"{user_name}\" from {peer}");
         return Err(wrong_password(user_name));
     };
+    let record = shard.shared.user(user);
     let Some(admission) = Arc::clone(&shard.shared).admit(db, user) else {
         return Err(Fatal::new(
             sqlstate::TOO_MANY_CONNECTIONS,
@@ -164,16 +172,9 @@ pub async fn login(
         ));
     };
 
-    let proved = authenticate(
-        &config.users[user].client_auth,
-        user_name,
-        stream,
-        &mut inbox,
-        &mut out,
-    )
-    .await?;
+    let proved = authenticate(&record.client_auth, user_name, stream, &mut inbox, &mut out).await?;
     if let (Some(client_key), ServerPassword::ScramPassThrough { .. }) =
-        (proved, &config.users[user].server_password)
+        (proved, &record.server_password)
     {
         shard.shared.learn_client_key(user, client_key);
     }

@@ -6,6 +6,7 @@
 pub mod exchange;
 mod pools;
 mod run;
+mod users;
 
 pub use pools::{until, AcquireError, PoolKey};
 pub use run::{check, start};
@@ -41,6 +42,8 @@ pub struct Shared {
     /// Per user configured with a SCRAM verifier only: the ClientKey its clients proved, to log in to PostgreSQL.
     /// Every client of a user proves the same key, so the first one is kept.
     client_keys: Vec<OnceLock<[u8; 32]>>,
+    /// Users auth_query found, with indices after the configured ones.
+    found: users::FoundUsers,
 }
 
 impl Shared {
@@ -51,17 +54,39 @@ impl Shared {
             clients: AtomicU32::new(0),
             pinned: AtomicU32::new(0),
             per_database: counters(config.databases.len()),
-            per_user: counters(config.users.len()),
+            per_user: counters(Self::user_slots(&config)),
             client_keys: (0..config.users.len()).map(|_| OnceLock::new()).collect(),
-            params: (0..config.databases.len() * config.users.len())
+            params: (0..config.databases.len() * Self::user_slots(&config))
                 .map(|_| OnceLock::new())
                 .collect(),
+            found: users::FoundUsers::new(config.users.len()),
             config,
         }
     }
 
+    /// Configured users, then room for those auth_query finds.
+    fn user_slots(config: &Config) -> usize {
+        config.users.len()
+            + if config.auth_user.is_some() {
+                users::FOUND_USERS
+            } else {
+                0
+            }
+    }
+
     fn pool_index(&self, key: PoolKey) -> usize {
-        key.db as usize * self.config.users.len() + key.user as usize
+        key.db as usize * Self::user_slots(&self.config) + key.user as usize
+    }
+
+    /// A configured user or one auth_query found.
+    pub fn user(&self, index: usize) -> Arc<crate::config::User> {
+        match self.config.users.get(index) {
+            Some(user) => user.clone(),
+            None => self
+                .found
+                .user(index)
+                .expect("found users keep their index"),
+        }
     }
 
     pub fn params(&self, key: PoolKey) -> Option<ServerParams> {
@@ -85,11 +110,19 @@ impl Shared {
     }
 
     pub fn client_key(&self, user: usize) -> Option<[u8; 32]> {
-        self.client_keys[user].get().copied()
+        match self.client_keys.get(user) {
+            Some(key) => key.get().copied(),
+            None => self.found.client_key(user),
+        }
     }
 
     pub fn learn_client_key(&self, user: usize, key: [u8; 32]) {
-        let _ = self.client_keys[user].set(key);
+        match self.client_keys.get(user) {
+            Some(slot) => {
+                let _ = slot.set(key);
+            }
+            None => self.found.learn_client_key(user, key),
+        }
     }
 
     /// Counts a client against `max_client_conn` and its database's and user's limits; `None` if one is full.
@@ -98,7 +131,10 @@ impl Shared {
         let checks = [
             (&self.clients, Some(c.max_client_conn)),
             (&self.per_database[db], c.databases[db].max_client_conn),
-            (&self.per_user[user], c.users[user].max_client_conn),
+            (
+                &self.per_user[user],
+                c.users.get(user).and_then(|u| u.max_client_conn),
+            ),
         ];
         for (taken, (counter, limit)) in checks.iter().enumerate() {
             let before = counter.fetch_add(1, Ordering::Relaxed);

@@ -177,7 +177,7 @@ impl Shard {
         let config = self.config();
         let (db, user) = (
             &config.databases[key.db as usize],
-            &config.users[key.user as usize],
+            &*self.shared.user(key.user as usize),
         );
         let client_key = self.shared.client_key(key.user as usize);
         match connect::connect(db, user, client_key, config.server_connect_timeout).await {
