@@ -138,10 +138,11 @@ async fn statement_mode_refuses_transaction_blocks() {
 }
 
 #[test]
-fn pgbench_simple_and_extended_have_no_failures() {
+fn pgbench_simple_extended_and_prepared_have_no_failures() {
     let Fixture { pg, herd } = fixture("transaction", 5, "workers = 2");
     pg.pgbench_init("app", 1);
-    for mode in ["simple", "extended"] {
+    // -M prepared: each client's named statements follow it to whichever server its transaction gets.
+    for mode in ["simple", "extended", "prepared"] {
         let out = pgbench(
             herd.port,
             "app",
@@ -164,7 +165,10 @@ fn pgbench_simple_and_extended_have_no_failures() {
             "app",
             "secret",
             "app",
-            &["-c", "8", "-j", "2", "-t", "100", "-M", mode],
+            // A thread per client: with -M prepared, pgbench prepares a script's statements synchronously in
+            // the middle of a client's first transaction, which would stall the sibling clients of its
+            // thread while they hold servers in open transactions, and the pool with them.
+            &["-c", "8", "-j", "8", "-t", "100", "-M", mode],
         );
         let text = String::from_utf8_lossy(&out.stdout);
         assert!(

@@ -1,12 +1,12 @@
 //! Prepared statements in transaction mode: a client's statements work on whichever server runs its next
-//! transaction, clients that use the same names for different statements never meet, and pgbench -M prepared
-//! runs without failures.
+//! transaction, and clients that use the same names for different statements never meet (pgbench -M prepared:
+//! tests/pooling.rs).
 
 mod common;
 
 use std::collections::HashSet;
 
-use common::{connect, fixture, pgbench, Fixture};
+use common::{connect, fixture, Fixture};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn statements_move_with_their_clients_and_names_never_collide() {
@@ -88,33 +88,6 @@ async fn a_statement_evicted_from_a_server_is_prepared_again() {
         .unwrap()
         .get(0);
     assert!(held <= 3, "the server holds {held} statements");
-}
-
-#[test]
-fn pgbench_prepared_mode_has_no_failures() {
-    let Fixture { pg, herd } = fixture("transaction", 2, "workers = 2");
-    pg.pgbench_init("app", 1);
-    let out = pgbench(
-        herd.port,
-        "app",
-        "secret",
-        "app",
-        &["-M", "prepared", "-S", "-c", "8", "-j", "2", "-t", "200"],
-    );
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout}{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(
-        stdout.contains("number of transactions actually processed: 1600/1600"),
-        "{stdout}"
-    );
-    assert!(
-        stdout.contains("number of failed transactions: 0"),
-        "{stdout}"
-    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
