@@ -6,7 +6,10 @@ settings (transaction pooling, pool of 20, SCRAM), then for each pooler and prot
 recorded and a measured pgbench run. CPU comes from /proc (utime + stime of every thread), the method in
 BENCHMARKING.md: ratios between poolers in one run are the figures that mean something on a noisy machine.
 
-    python3 benches/compare.py [--seconds 20] [--clients 100] [--modes simple,extended,prepared] [--out FILE]
+    python3 benches/compare.py [--seconds 20] [--clients 100] [--modes simple,extended,prepared]
+        [--workloads select-only,tpcb-like] [--out FILE]
+
+Workloads are the scripts in pgbench-scripts/ (select-only, tpcb-like, pipeline, connection-storm, mixed).
 
 A pooler whose pgbench run fails (PgBouncer 1.18 cannot serve -M prepared in transaction mode) gets a row
 saying why instead of figures.
@@ -17,6 +20,7 @@ Every process it starts is stopped by pid on exit, also on failure.
 
 import argparse
 import atexit
+import glob
 import os
 import re
 import shutil
@@ -149,8 +153,11 @@ class Cluster:
 def start_pgbouncer(work, pg, pool_size):
     port = free_port()
     conf = os.path.join(work, "pgbouncer.ini")
+    # The stored SCRAM verifier, as pgherd is given in effect (it derives one at start): neither pays a PBKDF2
+    # per login, and PgBouncer logs in to PostgreSQL with the client's proof.
+    verifier = pg.sql("SELECT rolpassword FROM pg_authid WHERE rolname = 'bench'")
     with open(os.path.join(work, "userlist.txt"), "w") as f:
-        f.write('"bench" "bench"\n')
+        f.write(f'"bench" "{verifier}"\n')
     with open(conf, "w") as f:
         f.write(f"""[databases]
 bench = host=127.0.0.1 port={pg.port} dbname=bench
@@ -195,18 +202,45 @@ password = "bench"
     return proc, port
 
 
-def pgbench(port, args, seconds):
+SCRIPTS = os.path.join(ROOT, "pgbench-scripts")
+
+# Workload name -> pgbench arguments (the scripts' header comments give the same flags), and the protocol modes
+# it can run in.
+WORKLOADS = {
+    "select-only": (["-f", f"{SCRIPTS}/select-only.sql"], ("simple", "extended", "prepared")),
+    "tpcb-like": (["-f", f"{SCRIPTS}/tpcb-like.sql"], ("simple", "extended", "prepared")),
+    "pipeline": (["-f", f"{SCRIPTS}/pipeline.sql"], ("extended", "prepared")),
+    "connection-storm": (["-C", "-f", f"{SCRIPTS}/connection-storm.sql"], ("simple",)),
+    "mixed": (["-f", f"{SCRIPTS}/mixed-short.sql@9", "-f", f"{SCRIPTS}/mixed-long.sql@1"], ("simple", "extended")),
+}
+
+
+def pgbench(port, args, seconds, log_prefix=None):
     env = dict(os.environ, PGPASSWORD="bench")
-    cmd = [f"{PG_BIN}/pgbench", "-h", "127.0.0.1", "-p", str(port), "-U", "bench", "-T", str(seconds)] + args + ["bench"]
-    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    cmd = [f"{PG_BIN}/pgbench", "-n", "-h", "127.0.0.1", "-p", str(port), "-U", "bench", "-T", str(seconds)] + args
+    if log_prefix:
+        cmd += ["-l", f"--log-prefix={log_prefix}"]
+    return subprocess.Popen(cmd + ["bench"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
 
 
-def measure(pg, pooler_pid, port, args, seconds):
-    pg.sql("VACUUM pgbench_accounts", "CHECKPOINT")
+def p99_ms(log_prefix):
+    """The 99th percentile of the transaction latencies pgbench logged (third field, µs), in ms."""
+    latencies = []
+    for path in glob.glob(log_prefix + ".*"):
+        with open(path) as f:
+            latencies += [int(line.split()[2]) for line in f if line.strip()]
+        os.remove(path)
+    latencies.sort()
+    return latencies[int(len(latencies) * 0.99)] / 1000 if latencies else float("nan")
+
+
+def measure(pg, pooler_pid, port, args, seconds, work):
+    pg.sql("VACUUM pgbench_accounts", "VACUUM pgbench_history", "CHECKPOINT")
     warm = pgbench(port, args, 5)
     warm.communicate()
     p0, g0, (b0, t0) = cpu_ticks(pooler_pid), postgres_ticks(pg.proc.pid), host_busy_ticks()
-    run = pgbench(port, args, seconds)
+    log_prefix = os.path.join(work, "pgbench-log")
+    run = pgbench(port, args, seconds, log_prefix)
     # pgbench's own CPU: read its /proc entry just before it exits, by polling.
     bench_ticks = 0
     while run.poll() is None:
@@ -229,7 +263,7 @@ def measure(pg, pooler_pid, port, args, seconds):
     pooler, postgres, bench = p1 - p0, g1 - g0, bench_ticks
     busy_ticks = b1 - b0
     other = max(busy_ticks - pooler - postgres - bench, 0) / max(t1 - t0, 1) * 100 * os.cpu_count()
-    return {"tps": tps, "lat": lat, "failed": int(failed.group(1)) if failed else -1,
+    return {"tps": tps, "lat": lat, "p99": p99_ms(log_prefix), "failed": int(failed.group(1)) if failed else -1,
             "pooler": us(pooler), "postgres": us(postgres), "pgbench": us(bench), "other": other,
             "rss": rss_bytes(pooler_pid)}
 
@@ -255,7 +289,9 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--seconds", type=int, default=20)
     ap.add_argument("--clients", type=int, default=100)
-    ap.add_argument("--modes", default="simple,extended")
+    ap.add_argument("--modes", default="simple,extended,prepared")
+    ap.add_argument("--workloads", default="select-only,tpcb-like",
+                    help=f"comma-separated, of: {', '.join(WORKLOADS)}")
     ap.add_argument("--workers", default="2", help="pgherd worker counts to run, e.g. 2,1")
     ap.add_argument("--pool-size", type=int, default=20)
     ap.add_argument("--idle", type=int, default=10000)
@@ -280,33 +316,44 @@ def main():
         poolers.append((f"pgherd ({w} worker{'s' if w != '1' else ''})", *start_pgherd(work, pg, a.pool_size, int(w))))
 
     rows = []
-    for mode in a.modes.split(","):
-        for name, proc, port in poolers:
-            args = ["-S", "-M", mode, "-c", str(a.clients), "-j", "2"]
-            r = measure(pg, proc.pid, port, args, a.seconds)
-            rows.append((mode, name, r))
-            if "error" in r:
-                print(f"{mode:9} {name:22} failed: {r['error']}", file=sys.stderr)
-                continue
-            print(f"{mode:9} {name:22} tps {r['tps']:9.0f}  pooler {r['pooler']:6.1f} us/tx  "
-                  f"other {r['other']:4.1f}%", file=sys.stderr)
+    for workload in a.workloads.split(","):
+        script_args, modes = WORKLOADS[workload]
+        for mode in [m for m in a.modes.split(",") if m in modes]:
+            # pgbench prepares each statement synchronously before its first use; inside a transaction that
+            # stalls the other clients of its thread while they hold servers, so -M prepared of a multi-statement
+            # transaction runs a thread per client.
+            threads = a.clients if mode == "prepared" and workload in ("tpcb-like", "mixed") else 2
+            cell = f"{workload} {mode}"
+            for name, proc, port in poolers:
+                args = script_args + ["-M", mode, "-c", str(a.clients), "-j", str(threads)]
+                r = measure(pg, proc.pid, port, args, a.seconds, work)
+                r["threads"] = threads
+                rows.append((cell, name, r))
+                if "error" in r:
+                    print(f"{cell:22} {name:22} failed: {r['error']}", file=sys.stderr)
+                    continue
+                print(f"{cell:22} {name:22} tps {r['tps']:9.0f}  pooler {r['pooler']:6.1f} us/tx  "
+                      f"other {r['other']:4.1f}%", file=sys.stderr)
     idle = []
     if a.idle:
         for name, proc, port in poolers:
             idle.append((name, idle_bytes(port, proc.pid, a.idle)))
 
-    lines = [f"pgbench -S -c {a.clients} -j 2 -T {a.seconds} (5 s warm-up not recorded), pool_size {a.pool_size}, "
-             f"transaction pooling, PostgreSQL 15 scale 10, {os.cpu_count()} CPUs.", "",
-             "| mode | pooler | tps | avg latency ms | failed | pooler CPU µs/tx | PostgreSQL CPU µs/tx "
-             "| pgbench CPU µs/tx | other CPU % | pooler RSS MiB |",
-             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
-    for mode, name, r in rows:
+    lines = [f"pgbench -n -f pgbench-scripts/<workload>.sql -M <mode> -c {a.clients} -j 2 -T {a.seconds} (5 s warm-up "
+             f"not recorded; -j {a.clients} where marked), pool_size {a.pool_size}, transaction pooling, "
+             f"PostgreSQL 15 scale 10, {os.cpu_count()} CPUs.", "",
+             "| workload, mode | pooler | tps | avg latency ms | p99 latency ms | failed | pooler CPU µs/tx "
+             "| PostgreSQL CPU µs/tx | pgbench CPU µs/tx | other CPU % | pooler RSS MiB |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for cell, name, r in rows:
+        label = cell + (f" (-j {r['threads']})" if r["threads"] != 2 else "")
         if "error" in r:
-            lines.append(f"| {mode} | {name} | pgbench failed: {r['error']} | | | | | | | |")
+            lines.append(f"| {label} | {name} | pgbench failed: {r['error']} | | | | | | | | |")
             continue
         flag = " (busy host)" if r["other"] > 10 else ""
-        lines.append(f"| {mode} | {name} | {r['tps']:.0f} | {r['lat']:.2f} | {r['failed']} | {r['pooler']:.1f} | "
-                     f"{r['postgres']:.1f} | {r['pgbench']:.1f} | {r['other']:.1f}{flag} | {r['rss'] / 2**20:.1f} |")
+        lines.append(f"| {label} | {name} | {r['tps']:.0f} | {r['lat']:.2f} | {r['p99']:.2f} | {r['failed']} | "
+                     f"{r['pooler']:.1f} | {r['postgres']:.1f} | {r['pgbench']:.1f} | {r['other']:.1f}{flag} | "
+                     f"{r['rss'] / 2**20:.1f} |")
     base = {mode: r["pooler"] for mode, name, r in rows if name.startswith("pgbouncer") and "error" not in r}
     lines.append("")
     for mode, name, r in rows:
