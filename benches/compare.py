@@ -243,7 +243,13 @@ def measure(pg, pooler_pid, port, args, seconds, work):
     run = pgbench(port, args, seconds, log_prefix)
     # pgbench's own CPU: read its /proc entry just before it exits, by polling.
     bench_ticks = 0
+    deadline = time.monotonic() + seconds + 60
     while run.poll() is None:
+        if time.monotonic() > deadline:
+            # A pooler that loses a client's reply leaves pgbench waiting past -T: report it, do not hang.
+            run.kill()
+            run.communicate()
+            return {"error": f"pgbench still waiting {seconds + 60} s after start (a client never got its reply)"}
         try:
             bench_ticks = cpu_ticks(run.pid)
         except OSError:
