@@ -565,3 +565,38 @@ fn a_client_stalled_in_the_middle_of_a_message_is_closed_and_frees_its_server() 
     let out = psql(herd.port, "app", "secret", "app", &["-c", "SELECT 42"]);
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "42");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_sockets_have_keepalive_so_vanished_peers_are_found() {
+    let Fixture { pg: _pg, herd } = fixture("transaction", 1, "workers = 1");
+    let c = connect(herd.port, "app", "secret", "app").await;
+    c.batch_execute("SELECT 1").await.unwrap();
+    // pgherd's end of the connection: source port = pgherd's port. `ss -o` shows its keepalive timer once
+    // nothing is in flight.
+    let ss = || {
+        let out = std::process::Command::new("ss")
+            .args(["-tno", "state", "established"])
+            .arg(format!("( sport = :{} )", herd.port))
+            .output()
+            .expect("run ss (iproute2)");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    common::wait_until(
+        Duration::from_secs(5),
+        "a keepalive timer on the client socket",
+        || ss().contains("timer:(keepalive,"),
+    );
+    let text = ss();
+    // The first probe is due in at most 300 s (the kernel's default is 7,200 s).
+    let due = text
+        .split("timer:(keepalive,")
+        .nth(1)
+        .and_then(|t| t.split(',').next())
+        .unwrap_or_default()
+        .to_owned();
+    let minutes: f64 = match due.strip_suffix("min") {
+        Some(m) => m.parse().unwrap_or(f64::MAX),
+        None => 0.0,
+    };
+    assert!(minutes <= 5.0, "first keepalive probe due in {due}: {text}");
+}
