@@ -14,7 +14,9 @@ Workloads are the scripts in pgbench-scripts/ (select-only, tpcb-like, pipeline,
 A pooler whose pgbench run fails (PgBouncer 1.18 cannot serve -M prepared in transaction mode) gets a row
 saying why instead of figures.
 
-Also measures pgherd's resident memory per idle client (--idle N, default 10000; 0 skips it).
+Then logins and idle clients (benches/logins.rs): logins/s, handshake p50/p99, pooler CPU per login and
+pooler memory per idle client for SCRAM and md5 at --logins N (default 1000,10000,19000), and pooler CPU
+while the largest SCRAM crowd sits idle for --idle-secs.
 Every process it starts is stopped by pid on exit, also on failure.
 """
 
@@ -136,7 +138,7 @@ class Cluster:
                     "shared_buffers=256MB\n")
         with open(f"{self.dir}/data/pg_hba.conf", "w") as f:
             f.write("local all all trust\nhost all postgres 127.0.0.1/32 trust\n"
-                    "host all all 127.0.0.1/32 scram-sha-256\n")
+                    "host all all 127.0.0.1/32 md5\n")
         self.proc = spawn([f"{PG_BIN}/postgres", "-D", f"{self.dir}/data"], open(f"{self.dir}/log", "w"), **creds)
         wait_port(self.port, self.proc, "postgres")
         time.sleep(0.5)
@@ -155,9 +157,11 @@ def start_pgbouncer(work, pg, pool_size):
     conf = os.path.join(work, "pgbouncer.ini")
     # The stored SCRAM verifier, as pgherd is given in effect (it derives one at start): neither pays a PBKDF2
     # per login, and PgBouncer logs in to PostgreSQL with the client's proof.
-    verifier = pg.sql("SELECT rolpassword FROM pg_authid WHERE rolname = 'bench'")
+    # bench_md5 has an md5 hash, which PgBouncer's auth_type md5 checks with md5 (and bench's SCRAM with SCRAM).
     with open(os.path.join(work, "userlist.txt"), "w") as f:
-        f.write(f'"bench" "{verifier}"\n')
+        for user in ("bench", "bench_md5"):
+            stored = pg.sql(f"SELECT rolpassword FROM pg_authid WHERE rolname = '{user}'")
+            f.write(f'"{user}" "{stored}"\n')
     with open(conf, "w") as f:
         f.write(f"""[databases]
 bench = host=127.0.0.1 port={pg.port} dbname=bench
@@ -165,7 +169,7 @@ bench = host=127.0.0.1 port={pg.port} dbname=bench
 listen_addr = 127.0.0.1
 listen_port = {port}
 unix_socket_dir =
-auth_type = scram-sha-256
+auth_type = md5
 auth_file = {work}/userlist.txt
 pool_mode = transaction
 default_pool_size = {pool_size}
@@ -187,6 +191,7 @@ def start_pgherd(work, pg, pool_size, workers):
     with open(conf, "w") as f:
         f.write(f"""listen = ["127.0.0.1:{port}"]
 workers = {workers}
+max_client_conn = 19500
 pool_mode = "transaction"
 auth_type = "scram-sha-256"
 log_level = "warn"
@@ -195,6 +200,9 @@ port = {pg.port}
 pool_size = {pool_size}
 [users.bench]
 password = "bench"
+[users.bench_md5]
+password = "bench"
+auth_type = "md5"
 """)
     proc = spawn([os.path.join(ROOT, "target/release/pgherd"), "--config", conf],
                  open(os.path.join(work, f"pgherd-{workers}.log"), "w"))
@@ -274,21 +282,20 @@ def measure(pg, pooler_pid, port, args, seconds, work):
             "rss": rss_bytes(pooler_pid)}
 
 
-def idle_bytes(port, pooler_pid, n):
-    """Opens n logged-in idle clients through the pooler and returns RSS growth per client."""
-    import threading
-    env = dict(os.environ, PGPASSWORD="bench")
-    warm = subprocess.run([f"{PG_BIN}/psql", "-X", "-h", "127.0.0.1", "-p", str(port), "-U", "bench", "-c",
-                           "select 1", "bench"], env=env, capture_output=True)
-    assert warm.returncode == 0, warm.stderr
-    before = rss_bytes(pooler_pid)
-    gen = subprocess.run([os.path.join(ROOT, "target/release/examples/idle_clients"), str(port), str(n)],
-                         capture_output=True, text=True, input="", timeout=600,
-                         preexec_fn=lambda: None, env=dict(env, PGHERD_HOLD_PID=str(pooler_pid)))
-    match = re.search(r"rss_after=(\d+)", gen.stdout)
-    if gen.returncode != 0 or not match:
-        sys.exit(f"idle client generator failed: {gen.stdout}{gen.stderr}")
-    return (int(match.group(1)) - before) / n
+LOGIN_FIELDS = ("errors", "logins_per_s", "p50_ms", "p99_ms", "cpu_us_per_login", "bytes_per_client",
+                "idle_cpu_ms", "sample_failures")
+
+
+def logins(port, pooler_pid, user, n, idle_secs):
+    """N clients log in through the pooler as `user` and stay idle; the generator's figures."""
+    gen = subprocess.run([os.path.join(ROOT, "target/release/examples/logins"), "--port", str(port),
+                          "--pid", str(pooler_pid), "--clients", str(n), "--user", user, "--password", "bench",
+                          "--idle-secs", str(idle_secs)],
+                         capture_output=True, text=True, timeout=900)
+    found = dict(re.findall(r"(\w+)=([\d.]+)", gen.stdout))
+    if gen.returncode != 0 or not all(k in found for k in LOGIN_FIELDS):
+        sys.exit(f"login generator failed: {gen.stdout}{gen.stderr}")
+    return {k: float(found[k]) for k in LOGIN_FIELDS}
 
 
 def main():
@@ -300,20 +307,30 @@ def main():
                     help=f"comma-separated, of: {', '.join(WORKLOADS)}")
     ap.add_argument("--workers", default="2", help="pgherd worker counts to run, e.g. 2,1")
     ap.add_argument("--pool-size", type=int, default=20)
-    ap.add_argument("--idle", type=int, default=10000)
+    ap.add_argument("--logins", default="1000,10000,19000",
+                    help="client counts for the login and idle-client runs (empty: none)")
+    ap.add_argument("--auth", default="scram,md5", help="login runs with SCRAM-SHA-256 and/or md5")
+    ap.add_argument("--idle-secs", type=int, default=60,
+                    help="pooler CPU is measured while the largest SCRAM run sits idle this long")
     ap.add_argument("--out", default=None, help="also write the markdown report here")
     a = ap.parse_args()
 
-    subprocess.run(["cargo", "build", "--release", "--quiet", "--bin", "pgherd", "--example", "idle_clients"],
+    subprocess.run(["cargo", "build", "--release", "--quiet", "--bin", "pgherd", "--example", "logins"],
                    cwd=ROOT, check=True)
     if not shutil.which("pgbouncer"):
         sys.exit("pgbouncer is not installed: apt-get install -y pgbouncer")
     work = tempfile.mkdtemp(prefix="pgherd-bench-")
     os.chmod(work, 0o755)
     atexit.register(shutil.rmtree, work, True)
+    # One descriptor per client, in the poolers and the generator: use the hard limit.
+    import resource
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     pg = Cluster(work)
     subprocess.run([f"{PG_BIN}/psql", "-X", "-q", "-h", pg.dir, "-p", str(pg.port), "-U", "postgres", "-c",
-                    "CREATE USER bench PASSWORD 'bench'", "-c", "CREATE DATABASE bench OWNER bench"], check=True)
+                    "CREATE USER bench PASSWORD 'bench'", "-c", "CREATE DATABASE bench OWNER bench",
+                    "-c", "SET password_encryption = 'md5'", "-c", "CREATE USER bench_md5 PASSWORD 'bench'",
+                    "-c", "GRANT ALL ON DATABASE bench TO bench_md5"], check=True)
     subprocess.run([f"{PG_BIN}/pgbench", "-i", "-q", "-s", "10", "-h", pg.dir, "-p", str(pg.port), "-U", "bench",
                     "bench"], check=True, capture_output=True)
 
@@ -322,7 +339,7 @@ def main():
         poolers.append((f"pgherd ({w} worker{'s' if w != '1' else ''})", *start_pgherd(work, pg, a.pool_size, int(w))))
 
     rows = []
-    for workload in a.workloads.split(","):
+    for workload in [w for w in a.workloads.split(",") if w]:
         script_args, modes = WORKLOADS[workload]
         for mode in [m for m in a.modes.split(",") if m in modes]:
             # pgbench prepares each statement synchronously before its first use; inside a transaction that
@@ -340,10 +357,17 @@ def main():
                     continue
                 print(f"{cell:22} {name:22} tps {r['tps']:9.0f}  pooler {r['pooler']:6.1f} us/tx  "
                       f"other {r['other']:4.1f}%", file=sys.stderr)
-    idle = []
-    if a.idle:
-        for name, proc, port in poolers:
-            idle.append((name, idle_bytes(port, proc.pid, a.idle)))
+    counts = [int(n) for n in a.logins.split(",") if n]
+    login_rows = []
+    for auth in [x for x in a.auth.split(",") if x]:
+        user = {"scram": "bench", "md5": "bench_md5"}[auth]
+        for n in counts:
+            idle_secs = a.idle_secs if auth == "scram" and n == max(counts) else 0
+            for name, proc, port in poolers:
+                r = logins(port, proc.pid, user, n, idle_secs)
+                login_rows.append((auth, n, name, r, idle_secs))
+                print(f"logins {auth:5} {n:6} {name:22} {r['logins_per_s']:7.0f}/s  "
+                      f"{r['cpu_us_per_login']:6.1f} us/login  {r['bytes_per_client']:5.0f} B/client", file=sys.stderr)
 
     lines = [f"pgbench -n -f pgbench-scripts/<workload>.sql -M <mode> -c {a.clients} -j 2 -T {a.seconds} (5 s warm-up "
              f"not recorded; -j {a.clients} where marked), pool_size {a.pool_size}, transaction pooling, "
@@ -365,10 +389,18 @@ def main():
     for mode, name, r in rows:
         if not name.startswith("pgbouncer") and mode in base and "error" not in r:
             lines.append(f"- {mode}: {name} uses {r['pooler'] / base[mode]:.2f}× PgBouncer's CPU per transaction")
-    if idle:
-        lines += ["", f"Idle clients (SCRAM login, then idle): {a.idle}", "", "| pooler | bytes per idle client |",
-                  "|---|---:|"]
-        lines += [f"| {name} | {b:.0f} |" for name, b in idle]
+    if login_rows:
+        lines += ["", f"Logins and idle clients: benches/logins.rs, {', '.join(map(str, counts))} clients each, "
+                  "64 handshakes in flight from 8 loopback source addresses; bytes per idle client = pooler RSS "
+                  "growth / N, 3 s after the last login, server pool already warm.", "",
+                  "| auth | clients | pooler | logins/s | handshake p50 ms | p99 ms | pooler CPU µs/login "
+                  "| bytes per idle client | idle CPU ms (over s) | errors | sample failures |",
+                  "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+        for auth, n, name, r, idle_secs in login_rows:
+            idle = f"{r['idle_cpu_ms']:.0f} ({idle_secs} s)" if idle_secs else ""
+            lines.append(f"| {auth} | {n} | {name} | {r['logins_per_s']:.0f} | {r['p50_ms']:.2f} | "
+                         f"{r['p99_ms']:.2f} | {r['cpu_us_per_login']:.1f} | {r['bytes_per_client']:.0f} | {idle} | "
+                         f"{r['errors']:.0f} | {r['sample_failures']:.0f} |")
     report = "\n".join(lines)
     print(report)
     if a.out:

@@ -87,6 +87,12 @@ struct File {
     /// closed with SQLSTATE 08P01, so a half-sent message cannot hold a buffer and a server forever. Default 60.
     #[serde(default = "secs::<60>", deserialize_with = "seconds")]
     client_message_timeout: Duration,
+    /// Seconds a client may sit idle between transactions (no server, nothing in flight) before it is parked:
+    /// its task and socket stream are dropped and it waits as a small entry on the shard's own io_uring, which
+    /// is what lets hundreds of thousands of idle clients fit (see `shard::parking`). Parking and waking cost a
+    /// few system calls, so a client that is busy more often than this never pays them. Default 1.
+    #[serde(default = "secs::<1>", deserialize_with = "seconds")]
+    client_park_after: Duration,
     /// Seconds a client may wait for a server before it gets SQLSTATE 57014 and is closed. Default 120.
     #[serde(default = "secs::<120>", deserialize_with = "seconds")]
     query_wait_timeout: Duration,
@@ -224,6 +230,7 @@ pub struct Config {
     pub listen_backlog: u32,
     pub client_login_timeout: Duration,
     pub client_message_timeout: Duration,
+    pub client_park_after: Duration,
     pub query_wait_timeout: Duration,
     pub server_connect_timeout: Duration,
     pub server_login_retry: Duration,
@@ -418,6 +425,7 @@ impl Config {
             listen_backlog: file.listen_backlog,
             client_login_timeout: file.client_login_timeout,
             client_message_timeout: file.client_message_timeout,
+            client_park_after: file.client_park_after,
             query_wait_timeout: file.query_wait_timeout,
             server_connect_timeout: file.server_connect_timeout,
             server_login_retry: file.server_login_retry,

@@ -15,18 +15,20 @@ pub fn shard_of(pid: u32) -> usize {
     (pid >> SHARD_SHIFT) as usize
 }
 
-struct Entry {
+/// Every logged-in client has one: kept small, since idle clients are most of them.
+pub struct Entry {
     secret: u32,
     /// The client's socket, so shutdown can wake an idle client.
     fd: RawFd,
-    /// The server the client holds now, if any.
-    server: Option<BackendKey>,
 }
 
 /// The shard's logged-in clients by process id.
 #[derive(Default)]
 pub struct Registry {
     entries: RefCell<HashMap<u32, Entry>>,
+    /// The server each client that holds one holds now: at most one per server, so the many idle clients do
+    /// not carry room for an address.
+    servers: RefCell<HashMap<u32, BackendKey>>,
     next: Cell<u32>,
 }
 
@@ -44,25 +46,28 @@ impl Registry {
             }
         };
         let secret = random_u32();
-        entries.insert(
-            pid,
-            Entry {
-                secret,
-                fd,
-                server: None,
-            },
-        );
+        entries.insert(pid, Entry { secret, fd });
         (pid, secret)
     }
 
     pub fn unregister(&self, pid: u32) {
         self.entries.borrow_mut().remove(&pid);
+        self.servers.borrow_mut().remove(&pid);
+    }
+
+    /// The client's socket changed: it was parked under a duplicate.
+    pub fn set_fd(&self, pid: u32, fd: RawFd) {
+        if let Some(entry) = self.entries.borrow_mut().get_mut(&pid) {
+            entry.fd = fd;
+        }
     }
 
     pub fn set_server(&self, pid: u32, server: Option<BackendKey>) {
-        if let Some(entry) = self.entries.borrow_mut().get_mut(&pid) {
-            entry.server = server;
-        }
+        let mut servers = self.servers.borrow_mut();
+        match server {
+            Some(key) => servers.insert(pid, key),
+            None => servers.remove(&pid),
+        };
     }
 
     /// The server to cancel for a CancelRequest, if the key is right and the client holds a server.
@@ -70,9 +75,10 @@ impl Registry {
         let entries = self.entries.borrow();
         let entry = entries.get(&pid)?;
         // Compare without an early exit so timing does not reveal how much of the secret matched.
-        (entry.secret ^ secret == 0)
-            .then_some(entry.server)
-            .flatten()
+        if entry.secret ^ secret != 0 {
+            return None;
+        }
+        self.servers.borrow().get(&pid).copied()
     }
 
     pub fn len(&self) -> usize {
@@ -83,13 +89,15 @@ impl Registry {
         self.len() == 0
     }
 
-    /// Stops reading from clients that hold no server, so they wake, see the shutdown and leave.
+    /// Stops reading from clients that hold no server, so they wake (parked ones too), see the shutdown and
+    /// leave.
     pub fn wake_idle_for_shutdown(&self) {
-        for entry in self
+        let servers = self.servers.borrow();
+        for (_, entry) in self
             .entries
             .borrow()
-            .values()
-            .filter(|e| e.server.is_none())
+            .iter()
+            .filter(|(pid, _)| !servers.contains_key(pid))
         {
             // SAFETY: shutdown(2) on a socket fd owned by a live client task.
             unsafe { libc::shutdown(entry.fd, libc::SHUT_RD) };

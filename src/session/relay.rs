@@ -42,8 +42,7 @@ const CLEANUP_TIMEOUT: Duration = Duration::from_secs(5);
 
 pub struct Relay<'a> {
     shard: &'a Shard,
-    key: PoolKey,
-    pid: u32,
+    session: Session,
     mode: PoolMode,
     server: Option<Box<Server>>,
     c2s: Option<IoBuf>,
@@ -55,21 +54,39 @@ pub struct Relay<'a> {
     from_client: Scanner,
     from_server: Scanner,
     tx: Tracker,
+    /// Settings the current transaction SET or RESET: read back from the server when it ends.
+    changes: Option<Box<SettingChanges>>,
+    /// Session state the server holds for this client (see `pinning`): while any, the client keeps its server.
+    pins: Pins,
+    /// The client sent Terminate: forward what came before it, then finish.
+    terminated: bool,
+    /// Tag of the last message from the server, to know whether it explained its own exit.
+    last_server_tag: u8,
+}
+
+/// What a client keeps between transactions, and all it keeps while parked (see `shard::parking`).
+pub struct Session {
+    pub pid: u32,
+    key: PoolKey,
     /// The client's startup settings: its session defaults.
     defaults: Rc<StartupParams>,
     /// Its settings now (the defaults and what it SET since), applied to each server it leases unless that
     /// server already has them.
     settings: Rc<StartupParams>,
-    /// Settings the current transaction SET or RESET: read back from the server when it ends.
-    changes: Option<Box<SettingChanges>>,
-    /// Session state the server holds for this client (see `pinning`): while any, the client keeps its server.
-    pins: Pins,
     /// The client's prepared statements, when its server changes between transactions.
     statements: Statements,
-    /// The client sent Terminate: forward what came before it, then finish.
-    terminated: bool,
-    /// Tag of the last message from the server, to know whether it explained its own exit.
-    last_server_tag: u8,
+}
+
+impl Session {
+    pub fn new(pid: u32, key: PoolKey, settings: Rc<StartupParams>) -> Session {
+        Session {
+            pid,
+            key,
+            defaults: settings.clone(),
+            settings,
+            statements: Statements::default(),
+        }
+    }
 }
 
 /// Client bytes rewritten where `c2s` had no room: sent after the first `before` bytes `c2s` had ready then.
@@ -87,6 +104,14 @@ enum Scanned {
     Blocked,
 }
 
+/// How [`Relay::relay`] ended without an error.
+enum Exit {
+    /// The client sent Terminate.
+    Left,
+    /// Idle long enough to be parked.
+    Park,
+}
+
 enum Event {
     Wrote,
     ClientRead,
@@ -96,15 +121,14 @@ enum Event {
 }
 
 impl<'a> Relay<'a> {
-    pub fn new(shard: &'a Shard, key: PoolKey, pid: u32, settings: Rc<StartupParams>) -> Relay<'a> {
+    pub fn new(shard: &'a Shard, session: Session) -> Relay<'a> {
         Relay {
             shard,
-            defaults: settings.clone(),
-            settings,
+            mode: shard
+                .config()
+                .pool_mode(session.key.db as usize, session.key.user as usize),
+            session,
             changes: None,
-            key,
-            pid,
-            mode: shard.config().pool_mode(key.db as usize, key.user as usize),
             server: None,
             c2s: None,
             s2c: None,
@@ -114,15 +138,20 @@ impl<'a> Relay<'a> {
             from_server: Scanner::default(),
             tx: Tracker::default(),
             pins: Pins::default(),
-            statements: Statements::default(),
             terminated: false,
             last_server_tag: 0,
         }
     }
 
-    /// Relays until the client leaves; the server, if any, is cleaned and returned or closed.
-    pub async fn run(mut self, client: &mut TcpStream) -> Result<(), Fatal> {
-        let result = self.relay(client).await;
+    /// Relays until the client leaves, or until it has been idle for `client_park_after` holding nothing but its
+    /// session, which it then hands back to be parked. When it leaves, the server, if any, is cleaned and
+    /// returned or closed.
+    pub async fn run(mut self, client: &mut TcpStream) -> Result<Option<Session>, Fatal> {
+        let result = match self.relay(client).await {
+            Ok(Exit::Park) => return Ok(Some(self.session)),
+            Ok(Exit::Left) => Ok(()),
+            Err(fatal) => Err(fatal),
+        };
         if !self.pins.is_empty() && self.mode != PoolMode::Session {
             self.shard.shared.pinned.fetch_sub(1, Ordering::Relaxed);
         }
@@ -140,12 +169,13 @@ impl<'a> Relay<'a> {
                 self.shard.buffers.give(buf.emptied());
             }
         }
-        result
+        result.map(|()| None)
     }
 
-    async fn relay(&mut self, client: &mut TcpStream) -> Result<(), Fatal> {
+    async fn relay(&mut self, client: &mut TcpStream) -> Result<Exit, Fatal> {
         loop {
             let stalling = self.waiting_for_rest_of_message();
+            let parkable = !stalling && self.parkable();
             let io = Io {
                 client: &mut *client,
                 server: self.server.as_mut().map(|s| &mut s.stream),
@@ -162,6 +192,12 @@ impl<'a> Relay<'a> {
                     None => {
                         return Err(Fatal::protocol("client stopped in the middle of a message"))
                     }
+                }
+            } else if parkable {
+                let deadline = Instant::now() + self.shard.config().client_park_after;
+                match Box::pin(crate::shard::until(deadline, io)).await {
+                    Some(event) => event,
+                    None => return Ok(Exit::Park),
                 }
             } else {
                 io.await
@@ -180,11 +216,15 @@ impl<'a> Relay<'a> {
                 Event::ServerRead => self.server_sent()?,
                 Event::ClientClosed if self.shard.shutting_down() => return Err(Fatal::shutdown()),
                 Event::ClientClosed => return Err(Fatal::Gone),
-                Event::ServerClosed => return Box::pin(self.server_lost(client)).await,
+                Event::ServerClosed => {
+                    return Box::pin(self.server_lost(client))
+                        .await
+                        .map(|()| Exit::Left)
+                }
             }
             let quiet = self.client_quiet();
             if self.terminated && quiet {
-                return Ok(());
+                return Ok(Exit::Left);
             }
             if quiet && self.changes.is_some() && self.tx.idle() && self.server_quiet() {
                 Box::pin(self.settle_settings()).await?;
@@ -199,6 +239,21 @@ impl<'a> Relay<'a> {
             self.shard.buffers.give_if_empty(&mut self.c2s);
             self.shard.buffers.give_if_empty(&mut self.s2c);
         }
+    }
+
+    /// Between transactions with nothing held but the session: no server, no buffer, no half-read message, no
+    /// session state on a server. Such a client can be parked.
+    fn parkable(&self) -> bool {
+        self.mode != PoolMode::Session
+            && self.server.is_none()
+            && self.c2s.is_none()
+            && self.s2c.is_none()
+            && self.prefix.is_none()
+            && self.changes.is_none()
+            && self.pins.is_empty()
+            && !self.terminated
+            && self.from_client.at_boundary()
+            && self.tx.idle()
     }
 
     /// The client started a message and everything it sent has been passed on: only the client can make progress.
@@ -275,14 +330,17 @@ impl<'a> Relay<'a> {
                 let server = self.server.as_mut().map(|s| &mut s.statements);
                 let drops_all = effects.clears.contains(Pins::PREPARED);
                 if tag == b'Q' {
-                    self.statements.query(body, drops_all, ready, server)
+                    self.session
+                        .statements
+                        .query(body, drops_all, ready, server)
                 } else {
                     let cx = statements::Context {
                         registry: &self.shard.statements,
-                        settings: self.settings.fingerprint(),
+                        settings: self.session.settings.fingerprint(),
                         cap: self.shard.config().max_prepared_statements,
                     };
-                    self.statements
+                    self.session
+                        .statements
                         .client(tag, len, body, drops_all, &cx, server)
                 }
             };
@@ -361,10 +419,13 @@ impl<'a> Relay<'a> {
             let pinned = &self.shard.shared.pinned;
             if was_pinned.is_empty() {
                 pinned.fetch_add(1, Ordering::Relaxed);
-                info!("client pid {} keeps its server: {}", self.pid, self.pins);
+                info!(
+                    "client pid {} keeps its server: {}",
+                    self.session.pid, self.pins
+                );
             } else if self.pins.is_empty() {
                 pinned.fetch_sub(1, Ordering::Relaxed);
-                info!("client pid {} returns to pooling", self.pid);
+                info!("client pid {} returns to pooling", self.session.pid);
             }
         }
         Ok(())
@@ -373,21 +434,25 @@ impl<'a> Relay<'a> {
     async fn lease(&mut self) -> Result<(), Fatal> {
         let deadline = Instant::now() + self.shard.config().query_wait_timeout;
         // Boxed so the connect path's state is not part of every idle client's task.
-        match Box::pin(self.shard.acquire(self.key, deadline)).await {
+        match Box::pin(self.shard.acquire(self.session.key, deadline)).await {
             Ok(mut server) => {
-                if server.settings != self.settings.fingerprint() {
-                    if !Box::pin(server.run(&self.settings.apply_sql(), CLEANUP_TIMEOUT)).await {
+                if server.settings != self.session.settings.fingerprint() {
+                    if !Box::pin(server.run(&self.session.settings.apply_sql(), CLEANUP_TIMEOUT))
+                        .await
+                    {
                         // PostgreSQL would have refused this login; the server may be fine, but is not known to be.
                         drop(server);
-                        self.shard.server_gone(self.key);
+                        self.shard.server_gone(self.session.key);
                         return Err(Fatal::new(
                             sqlstate::INVALID_PARAMETER_VALUE,
                             "PostgreSQL refused a setting from the startup packet",
                         ));
                     }
-                    server.settings = self.settings.fingerprint();
+                    server.settings = self.session.settings.fingerprint();
                 }
-                self.shard.clients.set_server(self.pid, Some(server.key));
+                self.shard
+                    .clients
+                    .set_server(self.session.pid, Some(server.key));
                 self.from_server = Scanner::default();
                 self.server = Some(server);
                 Ok(())
@@ -424,7 +489,7 @@ impl<'a> Relay<'a> {
             let (tx, last, statements) = (
                 &mut self.tx,
                 &mut self.last_server_tag,
-                &mut self.statements,
+                &mut self.session.statements,
             );
             let (mut broken, mut found) = (false, None);
             let n = self
@@ -475,7 +540,7 @@ impl<'a> Relay<'a> {
                     "server sent a ParseComplete or CloseComplete with a body",
                 ));
             }
-            match self.statements.reply(&mut server.statements) {
+            match self.session.statements.reply(&mut server.statements) {
                 Reply::Pass => buf.scanned(5),
                 Reply::Hide => {
                     buf.splice(5, &[]);
@@ -497,10 +562,10 @@ impl<'a> Relay<'a> {
     fn release_if_done(&mut self) {
         if self.tx.idle() && self.server_quiet() && self.pins.is_empty() {
             if let Some(mut server) = self.server.take() {
-                self.shard.clients.set_server(self.pid, None);
-                self.statements.left_server();
+                self.shard.clients.set_server(self.session.pid, None);
+                self.session.statements.left_server();
                 server.statements.released();
-                self.shard.release(self.key, server);
+                self.shard.release(self.session.key, server);
             }
         }
     }
@@ -513,7 +578,7 @@ impl<'a> Relay<'a> {
         let server = self.server.as_mut().expect("called with a server");
         let mut observed = Vec::new();
         let settings = if changes.all {
-            self.defaults.clone()
+            self.session.defaults.clone()
         } else {
             let sql = StartupParams::observe_sql(&changes.names);
             let answer = server.query(&sql, CLEANUP_TIMEOUT).await;
@@ -525,9 +590,11 @@ impl<'a> Relay<'a> {
             if observed.len() != changes.names.len() {
                 return Err(self.settings_unknown());
             }
-            self.shard
-                .settings
-                .settings(self.settings.changed(&self.defaults, &observed))
+            self.shard.settings.settings(
+                self.session
+                    .settings
+                    .changed(&self.session.defaults, &observed),
+            )
         };
         if changes.all || !settings.agrees_with(&observed) {
             let Some(answer) = server.query(&settings.apply_sql(), CLEANUP_TIMEOUT).await else {
@@ -540,7 +607,7 @@ impl<'a> Relay<'a> {
             }
         }
         server.settings = settings.fingerprint();
-        self.settings = settings;
+        self.session.settings = settings;
         Ok(())
     }
 
@@ -548,9 +615,9 @@ impl<'a> Relay<'a> {
     /// session can no longer be what it asked for.
     fn settings_unknown(&mut self) -> Fatal {
         self.server = None;
-        self.shard.clients.set_server(self.pid, None);
-        self.statements.left_server();
-        self.shard.server_gone(self.key);
+        self.shard.clients.set_server(self.session.pid, None);
+        self.session.statements.left_server();
+        self.shard.server_gone(self.session.key);
         Fatal::new(
             sqlstate::CONNECTION_FAILURE,
             "could not carry the session's settings over",
@@ -561,9 +628,9 @@ impl<'a> Relay<'a> {
     /// PostgreSQL would have.
     async fn server_lost(&mut self, client: &mut TcpStream) -> Result<(), Fatal> {
         self.server = None;
-        self.statements.left_server();
-        self.shard.clients.set_server(self.pid, None);
-        self.shard.server_gone(self.key);
+        self.session.statements.left_server();
+        self.shard.clients.set_server(self.session.pid, None);
+        self.shard.server_gone(self.session.key);
         self.flush_to_client(client).await;
         if self.last_server_tag == b'E' {
             Err(Fatal::Gone)
@@ -593,7 +660,7 @@ impl<'a> Relay<'a> {
         let Some(mut server) = self.server.take() else {
             return;
         };
-        self.shard.clients.set_server(self.pid, None);
+        self.shard.clients.set_server(self.session.pid, None);
         let clean = self.client_quiet() && self.server_quiet() && self.tx.settled();
         if clean && !self.pins.contains(Pins::PERMANENT) {
             let reset = match self.mode {
@@ -617,13 +684,13 @@ impl<'a> Relay<'a> {
                     server.settings
                 };
                 server.statements.released();
-                return self.shard.release(self.key, server);
+                return self.shard.release(self.session.key, server);
             }
         } else if self.tx.running() {
             server::cancel(server.key, CLEANUP_TIMEOUT).await;
         }
         drop(server);
-        self.shard.server_gone(self.key);
+        self.shard.server_gone(self.session.key);
     }
 }
 

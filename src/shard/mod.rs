@@ -4,6 +4,7 @@
 //! (atomics touched at connect and disconnect, never per query).
 
 pub mod exchange;
+pub mod parking;
 mod pools;
 mod run;
 mod users;
@@ -34,6 +35,8 @@ pub struct Shared {
     clients: AtomicU32,
     /// Transaction-mode clients keeping their server for session state that cannot move (see `pinning`).
     pub pinned: AtomicU32,
+    /// Clients parked (idle, without a task); a gauge.
+    pub parked: AtomicU32,
     per_database: Vec<AtomicU32>,
     per_user: Vec<AtomicU32>,
     /// Each pool's ParameterStatus set, learnt from its first server on any shard and told to every client at
@@ -53,6 +56,7 @@ impl Shared {
             shutdown: AtomicBool::new(false),
             clients: AtomicU32::new(0),
             pinned: AtomicU32::new(0),
+            parked: AtomicU32::new(0),
             per_database: counters(config.databases.len()),
             per_user: counters(Self::user_slots(&config)),
             client_keys: (0..config.users.len()).map(|_| OnceLock::new()).collect(),
@@ -103,9 +107,10 @@ impl Shared {
     /// The periodic "stats:" log line.
     pub fn stats(&self) -> String {
         format!(
-            "stats: {} client(s), {} pinned to their server",
+            "stats: {} client(s), {} pinned to their server, {} parked",
             self.clients.load(Ordering::Relaxed),
-            self.pinned.load(Ordering::Relaxed)
+            self.pinned.load(Ordering::Relaxed),
+            self.parked.load(Ordering::Relaxed)
         )
     }
 
@@ -147,8 +152,8 @@ impl Shared {
         }
         Some(Admission {
             shared: self.clone(),
-            db,
-            user,
+            db: db as u32,
+            user: user as u32,
         })
     }
 }
@@ -156,15 +161,15 @@ impl Shared {
 /// A client's place under the limits, given back when dropped.
 pub struct Admission {
     shared: Arc<Shared>,
-    db: usize,
-    user: usize,
+    db: u32,
+    user: u32,
 }
 
 impl Drop for Admission {
     fn drop(&mut self) {
         self.shared.clients.fetch_sub(1, Ordering::Relaxed);
-        self.shared.per_database[self.db].fetch_sub(1, Ordering::Relaxed);
-        self.shared.per_user[self.user].fetch_sub(1, Ordering::Relaxed);
+        self.shared.per_database[self.db as usize].fetch_sub(1, Ordering::Relaxed);
+        self.shared.per_user[self.user as usize].fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -175,6 +180,8 @@ pub struct Shard {
     pub shared: Arc<Shared>,
     pub buffers: BufferPool,
     pub clients: Registry,
+    /// Idle clients without a task.
+    pub parking: parking::Lot,
     /// Startup-setting sets shared by this shard's clients.
     pub settings: Interned,
     /// Prepared statements of this shard's transaction-mode clients.

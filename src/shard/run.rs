@@ -3,7 +3,7 @@
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
-use std::os::fd::{IntoRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, IntoRawFd, OwnedFd};
 use std::os::unix::io::FromRawFd;
 use std::rc::Rc;
 use std::sync::atomic::Ordering;
@@ -11,20 +11,21 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use glommio::channels::channel_mesh::MeshBuilder;
+use glommio::io::BufferedFile;
 use glommio::net::TcpListener;
 use glommio::{LocalExecutorBuilder, Placement};
 
 use super::exchange::{self, Msg, CHANNEL_SLOTS};
+use super::parking;
 use super::{Shard, Shared};
 use crate::config::Config;
 use crate::net::buffer::BufferPool;
 use crate::session::cancel::{shard_of, Registry};
 use crate::{error, info, warn};
 
-/// The maintenance tick: shutdown check every tick, pool upkeep every `UPKEEP_EVERY` ticks. Its cost does not
-/// grow with the number of clients.
-const TICK: Duration = Duration::from_millis(100);
-const UPKEEP_EVERY: u32 = 10;
+/// The maintenance tick: pool upkeep and stats. Its cost does not grow with the number of clients, and it is
+/// the only time an idle shard wakes (shutdown comes as an event, not by polling).
+const TICK: Duration = Duration::from_secs(1);
 
 /// glommio registers this much memory per executor for file I/O; a network-only pooler needs the minimum.
 const IO_MEMORY: usize = 64 << 10;
@@ -79,7 +80,16 @@ pub fn start(config: Config) -> std::io::Result<()> {
     let signals = block_signals();
     let mesh = (shards > 1).then(|| MeshBuilder::<Msg, _>::full(shards, CHANNEL_SLOTS));
     let mut handles = Vec::new();
+    let mut stops = Vec::new();
     for (id, fds) in listeners.into_iter().enumerate() {
+        let ring = parking::Ring::new().map_err(|e| {
+            std::io::Error::new(
+                e.kind(),
+                format!("cannot set up io_uring for idle clients: {e}"),
+            )
+        })?;
+        let (stop, stop_here) = stop_signal()?;
+        stops.push(stop);
         let placement = match cpus.get(id % cpus.len().max(1)) {
             Some(core) => Placement::Fixed(core.id),
             None => Placement::Unbound,
@@ -89,7 +99,7 @@ pub fn start(config: Config) -> std::io::Result<()> {
             .name(&format!("shard-{id}"))
             .io_memory(IO_MEMORY)
             .ring_depth(RING_DEPTH)
-            .spawn(move || run_shard(id, shards, shared, fds, mesh))
+            .spawn(move || run_shard(id, shards, shared, fds, ring, stop_here, mesh))
             .map_err(|e| std::io::Error::other(format!("cannot start shard {id}: {e}")))?;
         handles.push(handle);
     }
@@ -100,6 +110,10 @@ pub fn start(config: Config) -> std::io::Result<()> {
             let signal = wait_for(signals);
             info!("received {signal}: no new clients; waiting for running transactions to finish");
             waiter.shutdown.store(true, Ordering::Relaxed);
+            for stop in stops {
+                // SAFETY: an 8-byte write from a local to an eventfd we own.
+                unsafe { libc::write(stop.as_raw_fd(), (&1u64 as *const u64).cast(), 8) };
+            }
         })?;
     for handle in handles {
         if handle.join().is_err() {
@@ -115,6 +129,8 @@ async fn run_shard(
     shards: usize,
     shared: Arc<Shared>,
     listeners: Vec<OwnedFd>,
+    ring: parking::Ring,
+    stop: OwnedFd,
     mesh: Option<MeshBuilder<Msg, glommio::channels::channel_mesh::Full>>,
 ) {
     let (peers, receivers) = match mesh {
@@ -124,18 +140,21 @@ async fn run_shard(
         }
         None => (None, Vec::new()),
     };
+    let (parking, signal) = parking::Lot::new(ring);
     let shard = Rc::new(Shard {
         id,
         shards,
         shared,
         buffers: BufferPool::default(),
         clients: Registry::default(),
+        parking,
         settings: Default::default(),
         statements: Default::default(),
         pools: RefCell::new(HashMap::new()),
         next_waiter: Cell::new(0),
         peers,
     });
+    glommio::spawn_local(parking::wake_parked(shard.clone(), signal)).detach();
     for (from, rx) in receivers {
         glommio::spawn_local(exchange::receive(shard.clone(), from, rx)).detach();
     }
@@ -149,14 +168,19 @@ async fn run_shard(
         .collect();
 
     shard.create_warm_pools();
-    let mut ticks = 0u32;
+    // SAFETY: the eventfd is ours; glommio owns it from here.
+    let stop = unsafe { BufferedFile::from_raw_fd(stop.into_raw_fd()) };
+    let mut stopped = Box::pin(stop.read_at(0, 8));
     let mut next_stats = Instant::now() + shard.config().stats_period;
     while !shard.shutting_down() {
-        glommio::timer::sleep(TICK).await;
-        ticks = ticks.wrapping_add(1);
-        if ticks.is_multiple_of(UPKEEP_EVERY) {
-            shard.look_after_pools();
-        }
+        let tick = async {
+            glommio::timer::sleep(TICK).await;
+        };
+        let stop = async {
+            let _ = (&mut stopped).await;
+        };
+        futures_lite::future::or(tick, stop).await;
+        shard.look_after_pools();
         // The counters are global: one shard reports them.
         if shard.id == 0 && Instant::now() >= next_stats {
             info!("{}", shard.shared.stats());
@@ -217,6 +241,21 @@ impl Shard {
             .detach();
         }
     }
+}
+
+/// An eventfd the signal thread writes at shutdown, and a duplicate for the shard to read: a shard with nothing
+/// to do sleeps until its tick instead of polling the shutdown flag.
+fn stop_signal() -> std::io::Result<(OwnedFd, OwnedFd)> {
+    // SAFETY: eventfd(2) with valid flags; the result is checked before it is owned. Blocking, so that
+    // glommio's read of it waits in the kernel.
+    let fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: a new descriptor nothing else owns.
+    let stop = unsafe { OwnedFd::from_raw_fd(fd) };
+    let here = stop.try_clone()?;
+    Ok((stop, here))
 }
 
 /// Blocks SIGINT and SIGTERM in this thread and every thread started after, so only `wait_for` sees them.

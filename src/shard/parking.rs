@@ -1,0 +1,124 @@
+//! Parked clients: idle clients that hold no task and no glommio stream, only an entry in the shard's slab (the
+//! socket and the session) and a one-shot poll on a ring of the shard's own. A glommio task with its stream costs
+//! ~750 bytes per idle client (ARCHITECTURE.md); an entry costs a tenth of that. The ring signals an eventfd
+//! that one task of the shard reads through glommio, so a shard with only parked clients sleeps; each
+//! completion (bytes, hang-up, or the shutdown's SHUT_RD) takes the entry out and resumes it as a task.
+
+use std::cell::RefCell;
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::rc::Rc;
+
+use glommio::io::BufferedFile;
+use io_uring::{opcode, types, IoUring};
+use slab::Slab;
+
+use super::Shard;
+use crate::error;
+use crate::session::Parked;
+
+/// Submissions are pushed one at a time and submitted at once, so the queue never holds more than a few.
+const SUBMISSION_DEPTH: u32 = 64;
+/// Wake-ups that can wait to be read at once; more (a shutdown waking every parked client) wait in the kernel
+/// and are read when this many have been.
+const COMPLETION_DEPTH: u32 = 4096;
+
+/// A shard's ring and the eventfd it signals, made before the shards start so a host without io_uring stops
+/// pgherd at start-up.
+pub struct Ring {
+    ring: IoUring,
+    signal: OwnedFd,
+}
+
+impl Ring {
+    pub fn new() -> io::Result<Ring> {
+        let ring = IoUring::builder()
+            .setup_cqsize(COMPLETION_DEPTH)
+            .build(SUBMISSION_DEPTH)?;
+        // Blocking on purpose: glommio's read of it then waits in the kernel instead of failing with EAGAIN.
+        // SAFETY: eventfd(2) with valid flags; the result is checked before it is owned.
+        let fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC) };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: a new descriptor nothing else owns.
+        let signal = unsafe { OwnedFd::from_raw_fd(fd) };
+        ring.submitter().register_eventfd(signal.as_raw_fd())?;
+        Ok(Ring { ring, signal })
+    }
+}
+
+/// The shard's parked clients.
+pub struct Lot {
+    ring: RefCell<IoUring>,
+    parked: RefCell<Slab<Parked>>,
+}
+
+impl Lot {
+    /// The lot, and the eventfd to give [`wake_parked`].
+    pub fn new(ring: Ring) -> (Lot, OwnedFd) {
+        let lot = Lot {
+            ring: RefCell::new(ring.ring),
+            parked: RefCell::new(Slab::new()),
+        };
+        (lot, ring.signal)
+    }
+
+    /// Parks a client until its socket is readable or hung up; gives it back if the ring refuses.
+    pub fn park(&self, client: Parked) -> Result<(), Parked> {
+        let mut parked = self.parked.borrow_mut();
+        let entry = parked.vacant_entry();
+        let readable = (libc::POLLIN | libc::POLLRDHUP) as u32;
+        let poll = opcode::PollAdd::new(types::Fd(client.fd()), readable)
+            .build()
+            .user_data(entry.key() as u64);
+        let mut ring = self.ring.borrow_mut();
+        // SAFETY: the entry names a descriptor the slab keeps open until its completion is read.
+        let pushed = unsafe { ring.submission().push(&poll) }.is_ok();
+        if !pushed || ring.submit().is_err() {
+            return Err(client);
+        }
+        entry.insert(client);
+        Ok(())
+    }
+
+    pub fn len(&self) -> usize {
+        self.parked.borrow().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Takes out the clients whose polls completed.
+    fn woken(&self) -> Vec<Parked> {
+        let mut ring = self.ring.borrow_mut();
+        let mut parked = self.parked.borrow_mut();
+        let mut woken = Vec::new();
+        loop {
+            woken.extend(
+                ring.completion()
+                    .filter_map(|done| parked.try_remove(done.user_data() as usize)),
+            );
+            // Completions beyond the queue wait in the kernel until the queue has room and it is asked.
+            if !ring.submission().cq_overflow() || ring.submit().is_err() {
+                return woken;
+            }
+        }
+    }
+}
+
+/// Resumes parked clients as their sockets wake, for the shard's life.
+pub async fn wake_parked(shard: Rc<Shard>, signal: OwnedFd) {
+    // SAFETY: the eventfd is ours; glommio owns it from here.
+    let signal = unsafe { BufferedFile::from_raw_fd(std::os::fd::IntoRawFd::into_raw_fd(signal)) };
+    loop {
+        if let Err(e) = signal.read_at(0, 8).await {
+            error!("shard {}: parked clients cannot be woken: {e}", shard.id);
+            return;
+        }
+        for client in shard.parking.woken() {
+            glommio::spawn_local(crate::session::resume(shard.clone(), client)).detach();
+        }
+    }
+}
