@@ -1,7 +1,6 @@
 //! A client's way in: startup packet (answering SSL and GSSAPI requests with 'N'), protocol negotiation,
 //! limits, authentication, and the greeting. Everything here runs under client_login_timeout.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -87,11 +86,7 @@ impl Inbox {
     }
 }
 
-pub async fn login(
-    shard: &Shard,
-    stream: &mut TcpStream,
-    peer: SocketAddr,
-) -> Result<Outcome, Fatal> {
+pub async fn login(shard: &Shard, stream: &mut TcpStream) -> Result<Outcome, Fatal> {
     let mut inbox = Inbox { buf: Vec::new() };
     let (minor, params) = loop {
         let body = inbox.startup_packet(stream).await?;
@@ -161,7 +156,10 @@ pub async fn login(
         None => None,
     };
     let Some(user) = user else {
-        crate::info!("login refused for unknown user \"{user_name}\" from {peer}");
+        crate::info!(
+            "login refused for unknown user \"{user_name}\" from {}",
+            super::Peer(stream)
+        );
         return Err(wrong_password(user_name));
     };
     let record = shard.shared.user(user);

@@ -10,7 +10,6 @@ mod relay;
 pub mod state;
 pub mod statements;
 
-use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, OwnedFd, RawFd};
 use std::rc::Rc;
 use std::sync::atomic::Ordering;
@@ -73,6 +72,18 @@ impl std::fmt::Display for Fatal {
     }
 }
 
+/// A client's address in a log line, looked up only when a line is written: not a system call per login.
+pub struct Peer<'a>(pub &'a TcpStream);
+
+impl std::fmt::Display for Peer<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0.peer_addr() {
+            Ok(addr) => write!(f, "{addr}"),
+            Err(_) => f.write_str("(disconnected)"),
+        }
+    }
+}
+
 /// Last words to a client get this long: a client that does not read must not hold its task.
 const FAREWELL_TIMEOUT: Duration = Duration::from_secs(1);
 
@@ -86,21 +97,21 @@ async fn say_fatal(stream: &mut TcpStream, fatal: &Fatal) {
 }
 
 /// Serves one accepted client to the end.
-pub async fn serve(shard: Rc<Shard>, mut stream: TcpStream, peer: SocketAddr) {
+pub async fn serve(shard: Rc<Shard>, mut stream: TcpStream) {
     let deadline = Instant::now() + shard.config().client_login_timeout;
     // Boxed: login's state is large and short-lived; inline it would size every client's task for good.
-    let login = Box::pin(login::login(&shard, &mut stream, peer));
+    let login = Box::pin(login::login(&shard, &mut stream));
     let who = match Box::pin(crate::shard::until(deadline, login)).await {
         Some(Ok(login::Outcome::Session(who))) => who,
         Some(Ok(login::Outcome::Cancelled)) => return,
         Some(Err(fatal)) => {
             if !matches!(fatal, Fatal::Gone) {
-                info!("client {peer}: login failed: {fatal}");
+                info!("client {}: login failed: {fatal}", Peer(&stream));
             }
             return Box::pin(say_fatal(&mut stream, &fatal)).await;
         }
         None => {
-            info!("client {peer}: login timed out");
+            info!("client {}: login timed out", Peer(&stream));
             let fatal = Fatal::new(
                 sqlstate::QUERY_CANCELED,
                 "canceling authentication due to timeout",
@@ -109,7 +120,11 @@ pub async fn serve(shard: Rc<Shard>, mut stream: TcpStream, peer: SocketAddr) {
         }
     };
     let (pid, secret) = shard.clients.register(shard.id, stream.as_raw_fd());
-    debug!("client {peer}: logged in as {} (pid {pid})", who.user);
+    debug!(
+        "client {}: logged in as {} (pid {pid})",
+        Peer(&stream),
+        who.user
+    );
     let mut greeting = who.greeting;
     encode::backend_key_data(&mut greeting, pid, secret);
     encode::ready_for_query(&mut greeting, b'I');
@@ -194,11 +209,7 @@ async fn leave(shard: &Shard, mut stream: TcpStream, admission: Admission, pid: 
     drop(admission);
     if let Fatal::Error { code, message } = &fatal {
         if *code == sqlstate::PROTOCOL_VIOLATION {
-            let peer = stream
-                .peer_addr()
-                .map(|a| a.to_string())
-                .unwrap_or_default();
-            info!("client {peer}: {message}");
+            info!("client {}: {message}", Peer(&stream));
         }
     }
     Box::pin(say_fatal(&mut stream, &fatal)).await;

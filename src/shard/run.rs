@@ -207,11 +207,7 @@ async fn accept(shard: Rc<Shard>, listener: TcpListener) {
     loop {
         match listener.accept().await {
             Ok(stream) => {
-                crate::net::listener::tune_client(&stream);
-                let Ok(peer) = stream.peer_addr() else {
-                    continue;
-                };
-                glommio::spawn_local(crate::session::serve(shard.clone(), stream, peer)).detach();
+                glommio::spawn_local(crate::session::serve(shard.clone(), stream)).detach();
             }
             Err(e) => {
                 // Out of file descriptors or memory: pause rather than spin, and let clients leave.
