@@ -307,6 +307,8 @@ def main():
                     help=f"comma-separated, of: {', '.join(WORKLOADS)}")
     ap.add_argument("--workers", default="2", help="pgherd worker counts to run, e.g. 2,1")
     ap.add_argument("--pool-size", type=int, default=20)
+    ap.add_argument("--many", type=int, default=5000,
+                    help="also run select-only with this many clients (-j 2; 0 skips it)")
     ap.add_argument("--logins", default="1000,10000,19000",
                     help="client counts for the login and idle-client runs (empty: none)")
     ap.add_argument("--auth", default="scram,md5", help="login runs with SCRAM-SHA-256 and/or md5")
@@ -357,6 +359,15 @@ def main():
                     continue
                 print(f"{cell:22} {name:22} tps {r['tps']:9.0f}  pooler {r['pooler']:6.1f} us/tx  "
                       f"other {r['other']:4.1f}%", file=sys.stderr)
+    if a.many:
+        cell = f"select-only simple, {a.many} clients"
+        for name, proc, port in poolers:
+            args = WORKLOADS["select-only"][0] + ["-M", "simple", "-c", str(a.many), "-j", "2"]
+            r = measure(pg, proc.pid, port, args, a.seconds, work)
+            r["threads"] = 2
+            rows.append((cell, name, r))
+            said = r["error"] if "error" in r else f"tps {r['tps']:9.0f}  p99 {r['p99']:.1f} ms  failed {r['failed']}"
+            print(f"{cell:22} {name:22} {said}", file=sys.stderr)
     counts = [int(n) for n in a.logins.split(",") if n]
     login_rows = []
     for auth in [x for x in a.auth.split(",") if x]:

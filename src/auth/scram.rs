@@ -245,6 +245,28 @@ impl ClientExchange {
         format!("{GS2_HEADER}{}", self.client_first_bare()).into_bytes()
     }
 
+    /// The key derivation a server-first-message asks of a password exchange, for the caller to run in steps
+    /// and hand back with [`ClientExchange::use_keys`]; `None` when the keys are known already.
+    pub fn derivation(&self, server_first: &[u8]) -> Result<Option<Derivation>, ScramError> {
+        let Credentials::Password(password) = &self.credentials else {
+            return Ok(None);
+        };
+        let first = ServerFirst::parse(utf8(server_first)?)?;
+        Ok(Some(Derivation::new(
+            password,
+            &first.salt,
+            first.iterations,
+        )))
+    }
+
+    /// The keys derived from the password: `server_first` then needs no derivation of its own.
+    pub fn use_keys(&mut self, (client_key, server_key): ([u8; 32], [u8; 32])) {
+        self.credentials = Credentials::Keys {
+            client_key,
+            server_key,
+        };
+    }
+
     /// Takes the server-first-message and returns the client-final-message.
     pub fn server_first(&mut self, msg: &[u8]) -> Result<Vec<u8>, ScramError> {
         let bare = self.client_first_bare();
@@ -283,20 +305,15 @@ impl ClientExchange {
             return Err(out_of_order());
         }
         let server_first = utf8(msg)?;
-        let mut attrs = server_first.split(',');
-        let nonce = attribute(&mut attrs, 'r')?;
+        let ServerFirst {
+            nonce,
+            salt,
+            iterations,
+        } = ServerFirst::parse(server_first)?;
         // A server that does not extend our nonce could be replaying an old exchange.
         if nonce.len() <= self.nonce.len() || !nonce.starts_with(&self.nonce) {
             return Err(protocol("server nonce does not extend ours"));
         }
-        let salt = STANDARD
-            .decode(attribute(&mut attrs, 's')?)
-            .map_err(|_| protocol("invalid salt"))?;
-        let iterations = attribute(&mut attrs, 'i')?
-            .parse()
-            .ok()
-            .filter(|&i: &u32| i >= 1)
-            .ok_or_else(|| protocol("invalid iteration count"))?;
         let (client_key, server_key) = match &self.credentials {
             Credentials::Password(password) => derive_keys(password, &salt, iterations),
             Credentials::Keys {
@@ -313,27 +330,87 @@ impl ClientExchange {
     }
 }
 
+/// What a server-first-message says: `r=<nonce>,s=<salt>,i=<iterations>`.
+struct ServerFirst<'a> {
+    nonce: &'a str,
+    salt: Vec<u8>,
+    iterations: u32,
+}
+
+impl<'a> ServerFirst<'a> {
+    fn parse(msg: &'a str) -> Result<ServerFirst<'a>, ScramError> {
+        let mut attrs = msg.split(',');
+        let nonce = attribute(&mut attrs, 'r')?;
+        let salt = STANDARD
+            .decode(attribute(&mut attrs, 's')?)
+            .map_err(|_| protocol("invalid salt"))?;
+        let iterations = attribute(&mut attrs, 'i')?
+            .parse()
+            .ok()
+            .filter(|&i: &u32| i >= 1)
+            .ok_or_else(|| protocol("invalid iteration count"))?;
+        Ok(ServerFirst {
+            nonce,
+            salt,
+            iterations,
+        })
+    }
+}
+
 /// Returns (ClientKey, ServerKey) for a password.
 fn derive_keys(password: &str, salt: &[u8], iterations: u32) -> ([u8; 32], [u8; 32]) {
-    // Hi() of RFC 5802 is PBKDF2-HMAC-SHA-256 with a single output block.
-    // Keying the HMAC once and cloning it halves the hashing per iteration,
-    // which matters because pgherd runs this for every server login.
-    let prf = HmacSha256::new_from_slice(password.as_bytes()).expect("HMAC takes any key length");
-    let mut mac = prf.clone();
-    mac.update(salt);
-    mac.update(&1u32.to_be_bytes());
-    let mut u: [u8; 32] = mac.finalize().into_bytes().into();
-    let mut salted_password = u;
-    for _ in 1..iterations {
+    let mut derivation = Derivation::new(password, salt, iterations);
+    derivation.step(u32::MAX);
+    derivation.keys()
+}
+
+/// Hi() of RFC 5802 (PBKDF2-HMAC-SHA-256, one output block) in steps, so that the caller can let other work
+/// run between them: 4,096 iterations take a millisecond or two.
+pub struct Derivation {
+    /// Keyed once and cloned per iteration, which halves the hashing.
+    prf: HmacSha256,
+    u: [u8; 32],
+    salted_password: [u8; 32],
+    left: u32,
+}
+
+impl Derivation {
+    pub fn new(password: &str, salt: &[u8], iterations: u32) -> Derivation {
+        let prf =
+            HmacSha256::new_from_slice(password.as_bytes()).expect("HMAC takes any key length");
         let mut mac = prf.clone();
-        mac.update(&u);
-        u = mac.finalize().into_bytes().into();
-        salted_password = xor(salted_password, &u);
+        mac.update(salt);
+        mac.update(&1u32.to_be_bytes());
+        let u: [u8; 32] = mac.finalize().into_bytes().into();
+        Derivation {
+            prf,
+            u,
+            salted_password: u,
+            left: iterations.saturating_sub(1),
+        }
     }
-    (
-        hmac(&salted_password, b"Client Key"),
-        hmac(&salted_password, b"Server Key"),
-    )
+
+    /// Runs up to `rounds` more iterations; true when none are left.
+    pub fn step(&mut self, rounds: u32) -> bool {
+        let now = rounds.min(self.left);
+        for _ in 0..now {
+            let mut mac = self.prf.clone();
+            mac.update(&self.u);
+            self.u = mac.finalize().into_bytes().into();
+            self.salted_password = xor(self.salted_password, &self.u);
+        }
+        self.left -= now;
+        self.left == 0
+    }
+
+    /// (ClientKey, ServerKey), once `step` has returned true.
+    pub fn keys(&self) -> ([u8; 32], [u8; 32]) {
+        debug_assert_eq!(self.left, 0, "keys of an unfinished derivation");
+        (
+            hmac(&self.salted_password, b"Client Key"),
+            hmac(&self.salted_password, b"Server Key"),
+        )
+    }
 }
 
 fn hmac(key: &[u8], data: &[u8]) -> [u8; 32] {
@@ -643,5 +720,38 @@ mod tests {
         assert!(is_protocol_error(client.server_final(RFC_SERVER_FINAL)));
         assert!(is_protocol_error(client.server_final(b"v=AAAA")));
         assert!(is_protocol_error(client.server_final(b"x=1")));
+    }
+
+    #[test]
+    fn a_derivation_in_steps_gives_the_same_keys() {
+        let whole = derive_keys("secret", b"0123456789abcdef", 4096);
+        let mut stepped = Derivation::new("secret", b"0123456789abcdef", 4096);
+        let mut steps = 1;
+        while !stepped.step(100) {
+            steps += 1;
+        }
+        assert_eq!(steps, 41, "4,095 iterations after the first, 100 at a time");
+        assert_eq!(stepped.keys(), whole);
+    }
+
+    #[test]
+    fn a_password_exchange_asks_for_its_derivation_and_takes_the_keys() {
+        let verifier = Secret::from_password("secret", b"0123456789abcdef", 4096);
+        let mut server = ServerExchange::new(verifier);
+        let mut client = ClientExchange::new("secret");
+        let server_first = server.client_first(&client.client_first()).unwrap();
+        let mut derivation = client
+            .derivation(&server_first)
+            .unwrap()
+            .expect("a password needs one");
+        while !derivation.step(512) {}
+        client.use_keys(derivation.keys());
+        assert!(
+            client.derivation(&server_first).unwrap().is_none(),
+            "keys known now"
+        );
+        let client_final = client.server_first(&server_first).unwrap();
+        let (server_final, _) = server.client_final(&client_final).unwrap();
+        client.server_final(&server_final).unwrap();
     }
 }
