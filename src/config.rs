@@ -90,7 +90,8 @@ struct File {
     /// Seconds a client may sit idle between transactions (no server, nothing in flight) before it is parked:
     /// its task and socket stream are dropped and it waits as a small entry on the shard's own io_uring, which
     /// is what lets hundreds of thousands of idle clients fit (see `shard::parking`). Parking and waking cost a
-    /// few system calls, so a client that is busy more often than this never pays them. Default 1.
+    /// few system calls, so a client that is busy more often than this never pays them. Counted in the shard's
+    /// 1 s ticks, so a client parks between this and one second later. Default 1.
     #[serde(default = "secs::<1>", deserialize_with = "seconds")]
     client_park_after: Duration,
     /// Seconds a client may wait for a server before it gets SQLSTATE 57014 and is closed. Default 120.

@@ -181,11 +181,8 @@ async fn park(shard: Rc<Shard>, stream: TcpStream, admission: Admission, session
     // SAFETY: fcntl(2) on the stream's open socket; the result is checked before it is owned.
     let fd = unsafe { libc::fcntl(stream.as_raw_fd(), libc::F_DUPFD_CLOEXEC, 0) };
     if fd < 0 {
-        let fatal = Fatal::new(
-            sqlstate::TOO_MANY_CONNECTIONS,
-            "out of file descriptors for idle clients",
-        );
-        return leave(&shard, stream, admission, session.pid, fatal).await;
+        // Out of descriptors for a moment: the client stays a task and tries again when it next idles.
+        return Box::pin(attend(shard, stream, admission, session)).await;
     }
     drop(stream);
     // SAFETY: a new descriptor nothing else owns.

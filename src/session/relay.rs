@@ -24,6 +24,7 @@ use crate::net::buffer::{BufferPool, IoBuf};
 use crate::proto::frame::{Flow, Scanner, Want};
 use crate::proto::{sqlstate, MAX_MESSAGE_LEN};
 use crate::server::{self, Server};
+use crate::shard::parking::Asked;
 use crate::shard::{AcquireError, PoolKey, Shard};
 
 /// Server messages read whole (ReadyForQuery, ParameterStatus) are far below this; it bounds the buffer a
@@ -62,6 +63,7 @@ pub struct Relay<'a> {
     terminated: bool,
     /// Tag of the last message from the server, to know whether it explained its own exit.
     last_server_tag: u8,
+    asked: Asked,
 }
 
 /// What a client keeps between transactions, and all it keeps while parked (see `shard::parking`).
@@ -140,6 +142,7 @@ impl<'a> Relay<'a> {
             pins: Pins::default(),
             terminated: false,
             last_server_tag: 0,
+            asked: Asked::default(),
         }
     }
 
@@ -194,8 +197,15 @@ impl<'a> Relay<'a> {
                     }
                 }
             } else if parkable {
-                let deadline = Instant::now() + self.shard.config().client_park_after;
-                match Box::pin(crate::shard::until(deadline, io)).await {
+                let idle = self
+                    .shard
+                    .parking
+                    .idle_for(self.shard.config().client_park_after, &self.asked);
+                let idled = async {
+                    idle.await;
+                    None
+                };
+                match futures_lite::future::or(async { Some(io.await) }, idled).await {
                     Some(event) => event,
                     None => return Ok(Exit::Park),
                 }

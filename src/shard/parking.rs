@@ -4,16 +4,20 @@
 //! that one task of the shard reads through glommio, so a shard with only parked clients sleeps; each
 //! completion (bytes, hang-up, or the shutdown's SHUT_RD) takes the entry out and resumes it as a task.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
+use std::future::Future;
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::pin::Pin;
 use std::rc::Rc;
+use std::task::{Context, Poll, Waker};
+use std::time::Duration;
 
 use glommio::io::BufferedFile;
 use io_uring::{opcode, types, IoUring};
 use slab::Slab;
 
-use super::Shard;
+use super::{Shard, TICK};
 use crate::error;
 use crate::session::Parked;
 
@@ -48,11 +52,21 @@ impl Ring {
     }
 }
 
-/// The shard's parked clients.
+/// The shard's parked clients, and the bell that tells idle clients when to park.
 pub struct Lot {
     ring: RefCell<IoUring>,
     parked: RefCell<Slab<Parked>>,
+    /// Shard ticks so far: the clock idle clients measure `client_park_after` with.
+    ticks: Cell<u64>,
+    /// Clients idle since the last tick, woken at the next one to see whether they have idled long enough. A
+    /// glommio timer per client per transaction cost more than the rest of the transaction's bookkeeping.
+    idle: RefCell<Vec<Waker>>,
 }
+
+/// When an idle client last asked to be woken at a tick: it asks at most once per tick, however many
+/// transactions it runs.
+#[derive(Default)]
+pub struct Asked(Cell<u64>);
 
 impl Lot {
     /// The lot, and the eventfd to give [`wake_parked`].
@@ -60,8 +74,29 @@ impl Lot {
         let lot = Lot {
             ring: RefCell::new(ring.ring),
             parked: RefCell::new(Slab::new()),
+            ticks: Cell::new(1),
+            idle: RefCell::new(Vec::new()),
         };
         (lot, ring.signal)
+    }
+
+    /// The shard's tick: wakes the clients that went idle since the last one.
+    pub fn tick(&self) {
+        self.ticks.set(self.ticks.get() + 1);
+        for waker in self.idle.take() {
+            waker.wake();
+        }
+    }
+
+    /// Resolves once the caller has been idle for `after`, measured in whole ticks (so between `after` and
+    /// `after` + one tick). Dropped when the client stirs; a waker it left behind wakes it once, harmlessly.
+    pub fn idle_for<'a>(&'a self, after: Duration, asked: &'a Asked) -> IdleFor<'a> {
+        let ticks = after.as_nanos().div_ceil(TICK.as_nanos()).max(1) as u64;
+        IdleFor {
+            lot: self,
+            until: self.ticks.get() + ticks + 1,
+            asked,
+        }
     }
 
     /// Parks a client until its socket is readable or hung up; gives it back if the ring refuses.
@@ -105,6 +140,28 @@ impl Lot {
                 return woken;
             }
         }
+    }
+}
+
+pub struct IdleFor<'a> {
+    lot: &'a Lot,
+    until: u64,
+    asked: &'a Asked,
+}
+
+impl Future for IdleFor<'_> {
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let now = self.lot.ticks.get();
+        if now >= self.until {
+            return Poll::Ready(());
+        }
+        if self.asked.0.get() != now {
+            self.asked.0.set(now);
+            self.lot.idle.borrow_mut().push(cx.waker().clone());
+        }
+        Poll::Pending
     }
 }
 

@@ -17,15 +17,11 @@ use glommio::{LocalExecutorBuilder, Placement};
 
 use super::exchange::{self, Msg, CHANNEL_SLOTS};
 use super::parking;
-use super::{Shard, Shared};
+use super::{Shard, Shared, TICK};
 use crate::config::Config;
 use crate::net::buffer::BufferPool;
 use crate::session::cancel::{shard_of, Registry};
 use crate::{error, info, warn};
-
-/// The maintenance tick: pool upkeep and stats. Its cost does not grow with the number of clients, and it is
-/// the only time an idle shard wakes (shutdown comes as an event, not by polling).
-const TICK: Duration = Duration::from_secs(1);
 
 /// glommio registers this much memory per executor for file I/O; a network-only pooler needs the minimum.
 const IO_MEMORY: usize = 64 << 10;
@@ -180,6 +176,7 @@ async fn run_shard(
             let _ = (&mut stopped).await;
         };
         futures_lite::future::or(tick, stop).await;
+        shard.parking.tick();
         shard.look_after_pools();
         // The counters are global: one shard reports them.
         if shard.id == 0 && Instant::now() >= next_stats {
