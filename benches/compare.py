@@ -43,16 +43,20 @@ CHILDREN = []
 def stop_all():
     for proc in reversed(CHILDREN):
         if proc.poll() is None:
-            proc.send_signal(signal.SIGINT)
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+            stop(proc)
 
 
 atexit.register(stop_all)
 signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))
+
+
+def stop(proc):
+    proc.send_signal(signal.SIGINT)
+    try:
+        proc.wait(30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
 
 
 def free_port():
@@ -272,7 +276,7 @@ def measure(pg, pooler_pid, port, args, seconds, work):
     found = [re.search(p, out) for p in (r"number of transactions actually processed: (\d+)",
                                           r"latency average = ([\d.]+) ms", r"tps = ([\d.]+)")]
     if not all(found):
-        return {"error": "pgbench reported no figures: " + (err.strip().splitlines() or ["(nothing)"])[-1][:200]}
+        return {"error": "pgbench reported no figures: " + ((err + out).strip().splitlines() or ["(nothing)"])[-1][:200]}
     txs, lat, tps = int(found[0].group(1)), float(found[1].group(1)), float(found[2].group(1))
     failed = re.search(r"number of failed transactions: (\d+)", out)
     us = lambda ticks: ticks / CLK_TCK * 1e6 / max(txs, 1)
@@ -294,7 +298,7 @@ def logins(port, pooler_pid, user, n, idle_secs):
                           "--pid", str(pooler_pid), "--clients", str(n), "--user", user, "--password", "bench",
                           "--idle-secs", str(idle_secs)],
                          capture_output=True, text=True, timeout=900)
-    found = dict(re.findall(r"(\w+)=([\d.]+)", gen.stdout))
+    found = dict(re.findall(r"(\w+)=(-?[\d.]+)", gen.stdout))
     if gen.returncode != 0 or not all(k in found for k in LOGIN_FIELDS):
         sys.exit(f"login generator failed: {gen.stdout}{gen.stderr}")
     return {k: float(found[k]) for k in LOGIN_FIELDS}
@@ -338,9 +342,11 @@ def main():
     subprocess.run([f"{PG_BIN}/pgbench", "-i", "-q", "-s", "10", "-h", pg.dir, "-p", str(pg.port), "-U", "bench",
                     "bench"], check=True, capture_output=True)
 
-    poolers = [("pgbouncer 1.18", *start_pgbouncer(work, pg, a.pool_size))]
+    starters = [("pgbouncer 1.18", lambda: start_pgbouncer(work, pg, a.pool_size))]
     for w in a.workers.split(","):
-        poolers.append((f"pgherd ({w} worker{'s' if w != '1' else ''})", *start_pgherd(work, pg, a.pool_size, int(w))))
+        starters.append((f"pgherd ({w} worker{'s' if w != '1' else ''})",
+                         lambda w=w: start_pgherd(work, pg, a.pool_size, int(w))))
+    poolers = [(name, *start()) for name, start in starters]
 
     rows = []
     for workload in [w for w in a.workloads.split(",") if w]:
@@ -361,28 +367,32 @@ def main():
                     continue
                 print(f"{cell:22} {name:22} tps {r['tps']:9.0f}  pooler {r['pooler']:6.1f} us/tx  "
                       f"other {r['other']:4.1f}%", file=sys.stderr)
-    if a.many:
-        cell = f"select-only simple, {a.many} clients"
-        for name, proc, port in poolers:
-            args = WORKLOADS["select-only"][0] + ["-M", "simple", "-c", str(a.many), "-j", "2"]
-            # Thousands of SCRAM logins come first (pgbench's own PBKDF2 per client): give the run time after them.
-            r = measure(pg, proc.pid, port, args, max(a.seconds, 30), work)
-            r["threads"] = 2
-            rows.append((cell, name, r))
-            said = r["error"] if "error" in r else f"tps {r['tps']:9.0f}  p99 {r['p99']:.1f} ms  failed {r['failed']}"
-            print(f"{cell:22} {name:22} {said}", file=sys.stderr)
     counts = [int(n) for n in a.logins.split(",") if n]
     login_rows = []
     for auth in [x for x in a.auth.split(",") if x]:
         user = {"scram": "bench", "md5": "bench_md5"}[auth]
         for n in counts:
             idle_secs = a.idle_secs if auth == "scram" and n == max(counts) else 0
-            for name, proc, port in poolers:
+            for name, start in starters:
+                # A fresh pooler per run: memory freed by an earlier crowd would be reused and hide the cost.
+                proc, port = start()
                 r = logins(port, proc.pid, user, n, idle_secs)
+                stop(proc)
                 login_rows.append((auth, n, name, r, idle_secs))
                 print(f"logins {auth:5} {n:6} {name:22} {r['logins_per_s']:7.0f}/s  "
                       f"{r['cpu_us_per_login']:6.1f} us/login  {r['bytes_per_client']:5.0f} B/client", file=sys.stderr)
 
+    if a.many:
+        cell = f"select-only simple, {a.many} clients"
+        for name, proc, port in poolers:
+            args = WORKLOADS["select-only"][0] + ["-M", "simple", "-c", str(a.many), "-j", "2"]
+            # Thousands of SCRAM logins come first (pgbench's own PBKDF2 per client) and -T counts them: give the
+            # run time after them.
+            r = measure(pg, proc.pid, port, args, max(a.seconds, 60), work)
+            r["threads"] = 2
+            rows.append((cell, name, r))
+            said = r["error"] if "error" in r else f"tps {r['tps']:9.0f}  p99 {r['p99']:.1f} ms  failed {r['failed']}"
+            print(f"{cell:22} {name:22} {said}", file=sys.stderr)
     lines = [f"pgbench -n -f pgbench-scripts/<workload>.sql -M <mode> -c {a.clients} -j 2 -T {a.seconds} (5 s warm-up "
              f"not recorded; -j {a.clients} where marked), pool_size {a.pool_size}, transaction pooling, "
              f"PostgreSQL 15 scale 10, {os.cpu_count()} CPUs.", "",
