@@ -39,17 +39,22 @@ impl Ring {
         let ring = IoUring::builder()
             .setup_cqsize(COMPLETION_DEPTH)
             .build(SUBMISSION_DEPTH)?;
-        // Blocking on purpose: glommio's read of it then waits in the kernel instead of failing with EAGAIN.
-        // SAFETY: eventfd(2) with valid flags; the result is checked before it is owned.
-        let fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC) };
-        if fd < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        // SAFETY: a new descriptor nothing else owns.
-        let signal = unsafe { OwnedFd::from_raw_fd(fd) };
+        let signal = eventfd()?;
         ring.submitter().register_eventfd(signal.as_raw_fd())?;
         Ok(Ring { ring, signal })
     }
+}
+
+/// An eventfd for a glommio task to read. Blocking on purpose: glommio's read of it then waits in the kernel
+/// instead of failing with EAGAIN.
+pub fn eventfd() -> io::Result<OwnedFd> {
+    // SAFETY: eventfd(2) with valid flags; the result is checked before it is owned.
+    let fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: a new descriptor nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
 /// The shard's parked clients, and the bell that tells idle clients when to park.

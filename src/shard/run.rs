@@ -239,14 +239,7 @@ impl Shard {
 /// An eventfd the signal thread writes at shutdown, and a duplicate for the shard to read: a shard with nothing
 /// to do sleeps until its tick instead of polling the shutdown flag.
 fn stop_signal() -> std::io::Result<(OwnedFd, OwnedFd)> {
-    // SAFETY: eventfd(2) with valid flags; the result is checked before it is owned. Blocking, so that
-    // glommio's read of it waits in the kernel.
-    let fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC) };
-    if fd < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    // SAFETY: a new descriptor nothing else owns.
-    let stop = unsafe { OwnedFd::from_raw_fd(fd) };
+    let stop = parking::eventfd()?;
     let here = stop.try_clone()?;
     Ok((stop, here))
 }
