@@ -99,7 +99,7 @@ impl Registry {
             .iter()
             .filter(|(pid, _)| !servers.contains_key(pid))
         {
-            // SAFETY: shutdown(2) on a socket fd owned by a live client task.
+            // SAFETY: shutdown(2) on a socket fd owned by a live client task or a parked entry.
             unsafe { libc::shutdown(entry.fd, libc::SHUT_RD) };
         }
     }

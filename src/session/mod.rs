@@ -129,7 +129,9 @@ pub async fn serve(shard: Rc<Shard>, mut stream: TcpStream) {
     encode::backend_key_data(&mut greeting, pid, secret);
     encode::ready_for_query(&mut greeting, b'I');
     let session = relay::Session::new(pid, who.key, shard.settings.settings(who.settings));
-    match Box::pin(stream.write_all(&greeting)).await {
+    let written = Box::pin(stream.write_all(&greeting)).await;
+    drop(greeting);
+    match written {
         // Parked at once: the login's task is the largest thing a client ever holds, and a crowd of clients
         // that log in and wait must not keep a crowd of them. One that has already sent a query wakes at once.
         Ok(()) => park(shard, stream, who.admission, session).await,

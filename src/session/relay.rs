@@ -256,13 +256,12 @@ impl<'a> Relay<'a> {
     fn parkable(&self) -> bool {
         self.mode != PoolMode::Session
             && self.server.is_none()
+            && self.client_quiet()
             && self.c2s.is_none()
             && self.s2c.is_none()
-            && self.prefix.is_none()
             && self.changes.is_none()
             && self.pins.is_empty()
             && !self.terminated
-            && self.from_client.at_boundary()
             && self.tx.idle()
     }
 

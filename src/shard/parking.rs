@@ -7,7 +7,7 @@
 use std::cell::{Cell, RefCell};
 use std::future::Future;
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, OwnedFd};
 use std::pin::Pin;
 use std::rc::Rc;
 use std::task::{Context, Poll, Waker};
@@ -55,6 +55,12 @@ pub fn eventfd() -> io::Result<OwnedFd> {
     }
     // SAFETY: a new descriptor nothing else owns.
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// The eventfd handed to glommio, for a task to wait on with `read_at(0, 8)`.
+pub fn glommio_reader(fd: OwnedFd) -> BufferedFile {
+    // SAFETY: the eventfd is ours; glommio owns it from here.
+    unsafe { BufferedFile::from_raw_fd(fd.into_raw_fd()) }
 }
 
 /// The shard's parked clients, and the bell that tells idle clients when to park.
@@ -172,8 +178,7 @@ impl Future for IdleFor<'_> {
 
 /// Resumes parked clients as their sockets wake, for the shard's life.
 pub async fn wake_parked(shard: Rc<Shard>, signal: OwnedFd) {
-    // SAFETY: the eventfd is ours; glommio owns it from here.
-    let signal = unsafe { BufferedFile::from_raw_fd(std::os::fd::IntoRawFd::into_raw_fd(signal)) };
+    let signal = glommio_reader(signal);
     loop {
         if let Err(e) = signal.read_at(0, 8).await {
             error!("shard {}: parked clients cannot be woken: {e}", shard.id);

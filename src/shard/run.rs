@@ -11,7 +11,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use glommio::channels::channel_mesh::MeshBuilder;
-use glommio::io::BufferedFile;
 use glommio::net::TcpListener;
 use glommio::{LocalExecutorBuilder, Placement};
 
@@ -164,8 +163,7 @@ async fn run_shard(
         .collect();
 
     shard.create_warm_pools();
-    // SAFETY: the eventfd is ours; glommio owns it from here.
-    let stop = unsafe { BufferedFile::from_raw_fd(stop.into_raw_fd()) };
+    let stop = parking::glommio_reader(stop);
     let mut stopped = Box::pin(stop.read_at(0, 8));
     let mut next_stats = Instant::now() + shard.config().stats_period;
     while !shard.shutting_down() {
