@@ -1,11 +1,15 @@
 //! Per-shard I/O buffers. A connection takes one only while bytes are in flight and gives it back when it has
 //! forwarded everything, so idle clients own none (PgBouncer's lazily taken packet buffer is the model).
+//! Buffers start small, so a client queued for a server holds little, and grow once when a read fills them.
 
 use std::cell::RefCell;
 
-/// Bytes of one buffer. Large enough that a select-only round trip is one read and one write per side, small
-/// enough that a 32 MB row streams through in pieces.
-pub const BUFFER_SIZE: usize = 64 * 1024;
+/// Bytes a buffer starts with: an OLTP round trip (a query, a few rows, ReadyForQuery) fits.
+pub const SMALL: usize = 2 * 1024;
+
+/// Bytes a buffer grows to when bytes arrive faster than they leave: a large result then streams in few reads
+/// and writes, and a 32 MB row still goes through in pieces. The most any buffer holds.
+pub const LARGE: usize = 64 * 1024;
 
 /// A buffer with three cursors, as in PgBouncer's iobuf: `[start, scanned)` is framed and ready to send,
 /// `[scanned, end)` has been received but not framed yet (a partial header or a message read whole).
@@ -19,20 +23,32 @@ pub struct IoBuf {
 impl IoBuf {
     fn new() -> IoBuf {
         IoBuf {
-            data: vec![0; BUFFER_SIZE].into_boxed_slice(),
+            data: vec![0; SMALL].into_boxed_slice(),
             start: 0,
             scanned: 0,
             end: 0,
         }
     }
 
-    /// Room to receive into, moving unsent bytes to the front when the tail is full.
+    /// Moves the unsent bytes to the front, into a large buffer when this one is small.
+    fn make_room(&mut self) {
+        let (start, end) = (self.start, self.end);
+        if self.data.len() < LARGE {
+            let mut large = vec![0; LARGE].into_boxed_slice();
+            large[..end - start].copy_from_slice(&self.data[start..end]);
+            self.data = large;
+        } else {
+            self.data.copy_within(start..end, 0);
+        }
+        self.scanned -= start;
+        self.end -= start;
+        self.start = 0;
+    }
+
+    /// Room to receive into, growing the buffer or moving unsent bytes to the front when the tail is full.
     pub fn spare(&mut self) -> &mut [u8] {
-        if self.end == self.data.len() && self.start > 0 {
-            self.data.copy_within(self.start..self.end, 0);
-            self.scanned -= self.start;
-            self.end -= self.start;
-            self.start = 0;
+        if self.end == self.data.len() && self.has_room() {
+            self.make_room();
         }
         &mut self.data[self.end..]
     }
@@ -69,14 +85,10 @@ impl IoBuf {
         let tail = at + old..self.end;
         let end = self.end - old + new.len();
         if end > self.data.len() {
-            if end - self.start > self.data.len() {
+            if end - self.start > LARGE {
                 return false;
             }
-            // Make room at the back by moving everything to the front first.
-            self.data.copy_within(self.start..self.end, 0);
-            self.scanned -= self.start;
-            self.end -= self.start;
-            self.start = 0;
+            self.make_room();
             return self.splice(old, new);
         }
         self.data.copy_within(tail, at + new.len());
@@ -116,13 +128,13 @@ impl IoBuf {
         self.start == self.end
     }
 
-    /// Bytes that can still be received or pushed (after moving unsent bytes to the front).
+    /// Bytes that can still be received or pushed (after growing or moving unsent bytes to the front).
     pub fn free(&self) -> usize {
-        self.data.len() - (self.end - self.start)
+        LARGE - (self.end - self.start)
     }
 
     pub fn has_room(&self) -> bool {
-        self.end < self.data.len() || self.start > 0
+        self.free() > 0
     }
 }
 
@@ -132,7 +144,7 @@ pub struct BufferPool {
     free: RefCell<Vec<IoBuf>>,
 }
 
-/// Buffers kept for reuse; beyond this, returned buffers are freed so a burst does not pin memory forever.
+/// Small buffers kept for reuse; beyond this, and grown ones, are freed so a burst does not pin memory forever.
 const KEEP_FREE: usize = 64;
 
 impl BufferPool {
@@ -143,7 +155,7 @@ impl BufferPool {
     pub fn give(&self, buf: IoBuf) {
         debug_assert!(buf.is_empty());
         let mut free = self.free.borrow_mut();
-        if free.len() < KEEP_FREE {
+        if free.len() < KEEP_FREE && buf.data.len() == SMALL {
             free.push(buf);
         }
     }
@@ -173,7 +185,35 @@ mod tests {
         b.scanned(2);
         b.sent(2);
         assert!(b.is_empty());
-        assert_eq!(b.spare().len(), BUFFER_SIZE);
+        assert_eq!(b.spare().len(), SMALL);
+    }
+
+    #[test]
+    fn a_filled_buffer_grows_once_keeping_its_bytes() {
+        let mut b = IoBuf::new();
+        b.spare().fill(7);
+        b.received(SMALL);
+        b.scanned(10);
+        b.sent(4);
+        assert_eq!(b.spare().len(), LARGE - (SMALL - 4));
+        assert_eq!(b.to_send(), &[7; 6]);
+        assert_eq!(b.unscanned().len(), SMALL - 10);
+        b.received(LARGE - (SMALL - 4));
+        assert!(!b.has_room());
+        assert!(b.spare().is_empty());
+    }
+
+    #[test]
+    fn the_pool_keeps_only_small_buffers() {
+        let pool = BufferPool::default();
+        let mut b = pool.take();
+        b.spare();
+        b.received(SMALL);
+        b.spare();
+        pool.give(b.emptied());
+        assert_eq!(pool.free.borrow().len(), 0);
+        pool.give(pool.take());
+        assert_eq!(pool.free.borrow().len(), 1);
     }
 
     #[test]
@@ -190,26 +230,32 @@ mod tests {
     }
 
     #[test]
-    fn splice_compacts_or_refuses_when_full() {
+    fn splice_grows_compacts_or_refuses_when_full() {
         let mut b = IoBuf::new();
-        b.received(BUFFER_SIZE);
+        b.received(SMALL);
+        assert!(b.splice(0, &[1; 100]));
+        assert_eq!(b.unscanned().len(), SMALL + 100);
+        b.received(LARGE - SMALL - 100);
         b.scanned(10);
         b.sent(10);
         // 10 bytes free at the front: growth by 10 fits, by 11 does not.
         assert!(!b.splice(1, &[0; 12]));
-        assert_eq!(b.unscanned().len(), BUFFER_SIZE - 10);
+        assert_eq!(b.unscanned().len(), LARGE - 10);
         assert!(b.splice(1, &[7; 11]));
-        assert_eq!(b.unscanned().len(), BUFFER_SIZE);
+        assert_eq!(b.unscanned().len(), LARGE);
         assert_eq!(b.unscanned()[..11], [7; 11]);
     }
 
     #[test]
     fn a_full_tail_compacts() {
         let mut b = IoBuf::new();
-        b.received(BUFFER_SIZE);
-        b.scanned(BUFFER_SIZE - 2);
-        b.sent(BUFFER_SIZE - 2);
-        assert_eq!(b.spare().len(), BUFFER_SIZE - 2);
+        b.spare();
+        b.received(SMALL);
+        b.spare();
+        b.received(LARGE - SMALL);
+        b.scanned(LARGE - 2);
+        b.sent(LARGE - 2);
+        assert_eq!(b.spare().len(), LARGE - 2);
         assert_eq!(b.unscanned().len(), 2);
     }
 }

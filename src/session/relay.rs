@@ -32,7 +32,7 @@ use crate::shard::{AcquireError, PoolKey, Shard};
 const MAX_WHOLE_SERVER_MESSAGE: usize = 8 * 1024;
 
 /// Query and Parse messages up to this size are read whole and scanned for session state; longer SQL pins the
-/// client (see `pinning`). Below the buffer size, so such a message always fits.
+/// client (see `pinning`). Below the largest buffer, so such a message always fits.
 const MAX_SCANNED_SQL: usize = 48 * 1024;
 
 // Every await off the steady path (flushes, cleanup, server loss, leasing) is boxed: an async fn's state is as
