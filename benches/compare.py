@@ -16,7 +16,8 @@ saying why instead of figures.
 
 Then logins and idle clients (benches/logins.rs): logins/s, handshake p50/p99, pooler CPU per login and
 pooler memory per idle client for SCRAM and md5 at --logins N (default 1000,10000,19000), and pooler CPU
-while the largest SCRAM crowd sits idle for --idle-secs.
+while the largest SCRAM crowd sits idle for --idle-secs; then a storm of --storm md5 clients (default 19000)
+that all connect at once.
 Every process it starts is stopped by pid on exit, also on failure.
 """
 
@@ -288,15 +289,19 @@ def measure(pg, pooler_pid, port, args, seconds, work):
             "rss": rss_bytes(pooler_pid)}
 
 
+# Handshakes in flight in the login runs; the storm run has every client connect at once.
+LOGINS_IN_FLIGHT = 64
+
 LOGIN_FIELDS = ("errors", "logins_per_s", "p50_ms", "p99_ms", "cpu_us_per_login", "bytes_per_client",
                 "idle_cpu_ms", "sample_failures")
 
 
-def logins(port, pooler_pid, user, n, idle_secs):
-    """N clients log in through the pooler as `user` and stay idle; the generator's figures."""
+def logins(port, pooler_pid, user, n, idle_secs, in_flight):
+    """N clients log in through the pooler as `user`, `in_flight` at a time, and stay idle; the generator's
+    figures."""
     gen = subprocess.run([os.path.join(ROOT, "target/release/examples/logins"), "--port", str(port),
                           "--pid", str(pooler_pid), "--clients", str(n), "--user", user, "--password", "bench",
-                          "--idle-secs", str(idle_secs)],
+                          "--idle-secs", str(idle_secs), "--in-flight", str(in_flight)],
                          capture_output=True, text=True, timeout=900)
     found = dict(re.findall(r"(\w+)=(-?[\d.]+)", gen.stdout))
     if gen.returncode != 0 or not all(k in found for k in LOGIN_FIELDS):
@@ -318,6 +323,8 @@ def main():
     ap.add_argument("--logins", default="1000,10000,19000",
                     help="client counts for the login and idle-client runs (empty: none)")
     ap.add_argument("--auth", default="scram,md5", help="login runs with SCRAM-SHA-256 and/or md5")
+    ap.add_argument("--storm", type=int, default=19000,
+                    help="also this many md5 clients connecting all at once (0 skips it)")
     ap.add_argument("--idle-secs", type=int, default=60,
                     help="pooler CPU is measured while the largest SCRAM run sits idle this long")
     ap.add_argument("--out", default=None, help="also write the markdown report here")
@@ -368,19 +375,21 @@ def main():
                 print(f"{cell:22} {name:22} tps {r['tps']:9.0f}  pooler {r['pooler']:6.1f} us/tx  "
                       f"other {r['other']:4.1f}%", file=sys.stderr)
     counts = [int(n) for n in a.logins.split(",") if n]
+    runs = [(auth, n, LOGINS_IN_FLIGHT) for auth in a.auth.split(",") if auth for n in counts]
+    if a.storm:
+        runs.append(("md5", a.storm, a.storm))
     login_rows = []
-    for auth in [x for x in a.auth.split(",") if x]:
+    for auth, n, in_flight in runs:
         user = {"scram": "bench", "md5": "bench_md5"}[auth]
-        for n in counts:
-            idle_secs = a.idle_secs if auth == "scram" and n == max(counts) else 0
-            for name, start in starters:
-                # A fresh pooler per run: memory freed by an earlier crowd would be reused and hide the cost.
-                proc, port = start()
-                r = logins(port, proc.pid, user, n, idle_secs)
-                stop(proc)
-                login_rows.append((auth, n, name, r, idle_secs))
-                print(f"logins {auth:5} {n:6} {name:22} {r['logins_per_s']:7.0f}/s  "
-                      f"{r['cpu_us_per_login']:6.1f} us/login  {r['bytes_per_client']:5.0f} B/client", file=sys.stderr)
+        idle_secs = a.idle_secs if auth == "scram" and n == max(counts, default=0) else 0
+        for name, start in starters:
+            # A fresh pooler per run: memory freed by an earlier crowd would be reused and hide the cost.
+            proc, port = start()
+            r = logins(port, proc.pid, user, n, idle_secs, in_flight)
+            stop(proc)
+            login_rows.append((auth, n, in_flight, name, r, idle_secs))
+            print(f"logins {auth:5} {n:6} ({in_flight:5} at once) {name:22} {r['logins_per_s']:7.0f}/s  "
+                  f"{r['cpu_us_per_login']:6.1f} us/login  {r['bytes_per_client']:5.0f} B/client", file=sys.stderr)
 
     if a.many:
         cell = f"select-only simple, {a.many} clients"
@@ -414,15 +423,15 @@ def main():
         if not name.startswith("pgbouncer") and mode in base and "error" not in r:
             lines.append(f"- {mode}: {name} uses {r['pooler'] / base[mode]:.2f}× PgBouncer's CPU per transaction")
     if login_rows:
-        lines += ["", f"Logins and idle clients: benches/logins.rs, {', '.join(map(str, counts))} clients each, "
-                  "64 handshakes in flight from 8 loopback source addresses; bytes per idle client = pooler RSS "
-                  "growth / N, 3 s after the last login, server pool already warm.", "",
-                  "| auth | clients | pooler | logins/s | handshake p50 ms | p99 ms | pooler CPU µs/login "
+        lines += ["", "Logins and idle clients: benches/logins.rs, N clients from 8 loopback source addresses with at "
+                  "most the given number of handshakes in flight; bytes per idle client = pooler RSS growth / N, "
+                  "3 s after the last login, server pool already warm.", "",
+                  "| auth | clients | in flight | pooler | logins/s | handshake p50 ms | p99 ms | pooler CPU µs/login "
                   "| bytes per idle client | idle CPU ms (over s) | errors | sample failures |",
-                  "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
-        for auth, n, name, r, idle_secs in login_rows:
+                  "|---|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+        for auth, n, in_flight, name, r, idle_secs in login_rows:
             idle = f"{r['idle_cpu_ms']:.0f} ({idle_secs} s)" if idle_secs else ""
-            lines.append(f"| {auth} | {n} | {name} | {r['logins_per_s']:.0f} | {r['p50_ms']:.2f} | "
+            lines.append(f"| {auth} | {n} | {in_flight} | {name} | {r['logins_per_s']:.0f} | {r['p50_ms']:.2f} | "
                          f"{r['p99_ms']:.2f} | {r['cpu_us_per_login']:.1f} | {r['bytes_per_client']:.0f} | {idle} | "
                          f"{r['errors']:.0f} | {r['sample_failures']:.0f} |")
     report = "\n".join(lines)

@@ -4,11 +4,13 @@
 //! (atomics touched at connect and disconnect, never per query).
 
 pub mod exchange;
+mod heap;
 pub mod parking;
 mod pools;
 mod run;
 mod users;
 
+pub use heap::spawn_client;
 pub use pools::{until, AcquireError, PoolKey};
 pub use run::{check, start};
 
@@ -187,6 +189,8 @@ pub struct Shard {
     pub clients: Registry,
     /// Idle clients without a task.
     pub parking: parking::Lot,
+    /// Client tasks running, for giving back what a burst of them freed.
+    tasks: heap::Tasks,
     /// Startup-setting sets shared by this shard's clients.
     pub settings: Interned,
     /// Prepared statements of this shard's transaction-mode clients.

@@ -185,7 +185,7 @@ pub async fn wake_parked(shard: Rc<Shard>, signal: OwnedFd) {
             return;
         }
         for client in shard.parking.woken() {
-            glommio::spawn_local(crate::session::resume(shard.clone(), client)).detach();
+            super::spawn_client(&shard, crate::session::resume(shard.clone(), client));
         }
     }
 }

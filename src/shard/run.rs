@@ -143,6 +143,7 @@ async fn run_shard(
         buffers: BufferPool::default(),
         clients: Registry::default(),
         parking,
+        tasks: Default::default(),
         settings: Default::default(),
         statements: Default::default(),
         pools: RefCell::new(HashMap::new()),
@@ -176,6 +177,7 @@ async fn run_shard(
         futures_lite::future::or(tick, stop).await;
         shard.parking.tick();
         shard.look_after_pools();
+        shard.tasks.trim_after_burst();
         // The counters are global: one shard reports them.
         if shard.id == 0 && Instant::now() >= next_stats {
             info!("{}", shard.shared.stats());
@@ -202,7 +204,7 @@ async fn accept(shard: Rc<Shard>, listener: TcpListener) {
     loop {
         match listener.accept().await {
             Ok(stream) => {
-                glommio::spawn_local(crate::session::serve(shard.clone(), stream)).detach();
+                super::spawn_client(&shard, crate::session::serve(shard.clone(), stream));
             }
             Err(e) => {
                 // Out of file descriptors or memory: pause rather than spin, and let clients leave.
