@@ -17,7 +17,8 @@ saying why instead of figures.
 Then logins and idle clients (benches/logins.rs): logins/s, handshake p50/p99, pooler CPU per login and
 pooler memory per idle client for SCRAM and md5 at --logins N (default 1000,10000,19000), and pooler CPU
 while the largest SCRAM crowd sits idle for --idle-secs; then a storm of --storm md5 clients (default 19000)
-that all connect at once.
+that all connect at once. With --syscalls, each pooler's system calls per select-only transaction, counted
+by strace in separate runs.
 Every process it starts is stopped by pid on exit, also on failure.
 """
 
@@ -292,6 +293,39 @@ def measure(pg, pooler_pid, port, args, seconds, work):
 # Handshakes in flight in the login runs; the storm run has every client connect at once.
 LOGINS_IN_FLIGHT = 64
 
+def syscalls_per_tx(pooler_pid, port, args, seconds):
+    """System calls per transaction the pooler makes, counted by `strace -c -f` (which slows it down: these runs
+    give counts, never speed)."""
+    handle, out = tempfile.mkstemp(prefix="pgherd-strace-")
+    os.close(handle)
+    tracer = subprocess.Popen(["strace", "-c", "-f", "-p", str(pooler_pid), "-o", out],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    CHILDREN.append(tracer)
+    # strace says "attached" per thread once it is tracing; counting before that would miss calls.
+    os.set_blocking(tracer.stderr.fileno(), False)
+    said, deadline = "", time.monotonic() + 10
+    while "attached" not in said and time.monotonic() < deadline and tracer.poll() is None:
+        said += tracer.stderr.read() or ""
+        time.sleep(0.05)
+    run = pgbench(port, args, seconds)
+    stdout, _ = run.communicate()
+    tracer.send_signal(signal.SIGINT)
+    tracer.wait(30)
+    txs = re.search(r"number of transactions actually processed: (\d+)", stdout)
+    calls = {}
+    with open(out) as f:
+        for line in f:
+            fields = line.split()
+            # Rows: % time, seconds, usecs/call, calls, [errors,] syscall.
+            if len(fields) >= 5 and fields[3].isdigit() and fields[-1] != "total":
+                calls[fields[-1]] = int(fields[3])
+    os.remove(out)
+    if not txs or not calls:
+        return None
+    n = int(txs.group(1))
+    return {name: count / n for name, count in calls.items()}
+
+
 LOGIN_FIELDS = ("errors", "logins_per_s", "p50_ms", "p99_ms", "cpu_us_per_login", "bytes_per_client",
                 "idle_cpu_ms", "sample_failures")
 
@@ -327,6 +361,8 @@ def main():
                     help="also this many md5 clients connecting all at once (0 skips it)")
     ap.add_argument("--idle-secs", type=int, default=60,
                     help="pooler CPU is measured while the largest SCRAM run sits idle this long")
+    ap.add_argument("--syscalls", action="store_true",
+                    help="also count each pooler's system calls per select-only transaction under strace")
     ap.add_argument("--out", default=None, help="also write the markdown report here")
     a = ap.parse_args()
 
@@ -334,6 +370,8 @@ def main():
                    cwd=ROOT, check=True)
     if not shutil.which("pgbouncer"):
         sys.exit("pgbouncer is not installed: apt-get install -y pgbouncer")
+    if a.syscalls and not shutil.which("strace"):
+        sys.exit("--syscalls needs strace: apt-get install -y strace")
     work = tempfile.mkdtemp(prefix="pgherd-bench-")
     os.chmod(work, 0o755)
     atexit.register(shutil.rmtree, work, True)
@@ -374,6 +412,14 @@ def main():
                     continue
                 print(f"{cell:22} {name:22} tps {r['tps']:9.0f}  pooler {r['pooler']:6.1f} us/tx  "
                       f"other {r['other']:4.1f}%", file=sys.stderr)
+    traced = []
+    for mode in a.modes.split(",") if a.syscalls else []:
+        for name, proc, port in poolers:
+            args = WORKLOADS["select-only"][0] + ["-M", mode, "-c", str(a.clients), "-j", "2"]
+            per_tx = syscalls_per_tx(proc.pid, port, args, 5)
+            traced.append((mode, name, per_tx))
+            print(f"syscalls select-only {mode:8} {name:22} "
+                  f"{sum(per_tx.values()) if per_tx else float('nan'):.2f}/tx", file=sys.stderr)
     counts = [int(n) for n in a.logins.split(",") if n]
     runs = [(auth, n, LOGINS_IN_FLIGHT) for auth in a.auth.split(",") if auth for n in counts]
     if a.storm:
@@ -422,6 +468,17 @@ def main():
     for mode, name, r in rows:
         if not name.startswith("pgbouncer") and mode in base and "error" not in r:
             lines.append(f"- {mode}: {name} uses {r['pooler'] / base[mode]:.2f}× PgBouncer's CPU per transaction")
+    if traced:
+        lines += ["", f"System calls per select-only transaction, pgbench -c {a.clients} -j 2 -T 5 under "
+                  "`strace -c -f` (counts only: strace slows every pooler down).", "",
+                  "| mode | pooler | system calls per transaction | the most frequent |", "|---|---|---:|---|"]
+        for mode, name, per_tx in traced:
+            if per_tx is None:
+                lines.append(f"| {mode} | {name} | pgbench reported no transactions | |")
+                continue
+            top = sorted(per_tx.items(), key=lambda kv: -kv[1])[:4]
+            lines.append(f"| {mode} | {name} | {sum(per_tx.values()):.2f} | "
+                         + ", ".join(f"{call} {n:.2f}" for call, n in top) + " |")
     if login_rows:
         lines += ["", "Logins and idle clients: benches/logins.rs, N clients from 8 loopback source addresses with at "
                   "most the given number of handshakes in flight; bytes per idle client = pooler RSS growth / N, "
