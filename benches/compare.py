@@ -298,15 +298,18 @@ def syscalls_per_tx(pooler_pid, port, args, seconds):
     give counts, never speed)."""
     handle, out = tempfile.mkstemp(prefix="pgherd-strace-")
     os.close(handle)
+    said = out + ".said"
     tracer = subprocess.Popen(["strace", "-c", "-f", "-p", str(pooler_pid), "-o", out],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+                              stdout=subprocess.DEVNULL, stderr=open(said, "w"))
     CHILDREN.append(tracer)
     # strace says "attached" per thread once it is tracing; counting before that would miss calls.
-    os.set_blocking(tracer.stderr.fileno(), False)
-    said, deadline = "", time.monotonic() + 10
-    while "attached" not in said and time.monotonic() < deadline and tracer.poll() is None:
-        said += tracer.stderr.read() or ""
+    deadline = time.monotonic() + 10
+    while tracer.poll() is None and time.monotonic() < deadline:
+        with open(said) as f:
+            if "attached" in f.read():
+                break
         time.sleep(0.05)
+    os.remove(said)
     run = pgbench(port, args, seconds)
     stdout, _ = run.communicate()
     tracer.send_signal(signal.SIGINT)
@@ -320,7 +323,7 @@ def syscalls_per_tx(pooler_pid, port, args, seconds):
             if len(fields) >= 5 and fields[3].isdigit() and fields[-1] != "total":
                 calls[fields[-1]] = int(fields[3])
     os.remove(out)
-    if not txs or not calls:
+    if run.returncode != 0 or not txs or not calls:
         return None
     n = int(txs.group(1))
     return {name: count / n for name, count in calls.items()}
@@ -474,7 +477,7 @@ def main():
                   "| mode | pooler | system calls per transaction | the most frequent |", "|---|---|---:|---|"]
         for mode, name, per_tx in traced:
             if per_tx is None:
-                lines.append(f"| {mode} | {name} | pgbench reported no transactions | |")
+                lines.append(f"| {mode} | {name} | pgbench failed | |")
                 continue
             top = sorted(per_tx.items(), key=lambda kv: -kv[1])[:4]
             lines.append(f"| {mode} | {name} | {sum(per_tx.values()):.2f} | "
