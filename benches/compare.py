@@ -180,6 +180,8 @@ auth_file = {work}/userlist.txt
 pool_mode = transaction
 default_pool_size = {pool_size}
 max_client_conn = 100000
+; pgherd's default backlog, so a connection storm meets the same accept queue
+listen_backlog = 4096
 logfile = {work}/pgbouncer.log
 """)
     creds = as_postgres()
