@@ -94,7 +94,8 @@ struct File {
     /// 1 s ticks, so a client parks between this and one second later. Default 1.
     #[serde(default = "secs::<1>", deserialize_with = "seconds")]
     client_park_after: Duration,
-    /// Seconds a client may wait for a server before it gets SQLSTATE 57014 and is closed. Default 120.
+    /// Seconds a client may wait for a server before it gets SQLSTATE 57014 and is closed; checked on the
+    /// shard's 1 s tick, so the wait ends between this and one second later. Default 120.
     #[serde(default = "secs::<120>", deserialize_with = "seconds")]
     query_wait_timeout: Duration,
     /// Seconds to connect and log in to PostgreSQL before the attempt counts as failed. Default 15.

@@ -151,6 +151,25 @@ impl<S, W: PartialEq, T: Ord + Copy> PoolShard<S, W, T> {
         withdraw
     }
 
+    /// Takes out the waiters that started waiting before `cutoff`, oldest first, with the peers to withdraw asks
+    /// from if none is left. The line is in order of arrival, so this stops at the first younger waiter.
+    pub fn expire_waits(&mut self, cutoff: T) -> (Vec<W>, Vec<usize>) {
+        let mut expired = Vec::new();
+        while self
+            .waiters
+            .front()
+            .is_some_and(|&(_, since)| since < cutoff)
+        {
+            expired.extend(self.waiters.pop_front().map(|(waiter, _)| waiter));
+        }
+        let withdraw = if expired.is_empty() {
+            Vec::new()
+        } else {
+            self.peers_to_withdraw()
+        };
+        (expired, withdraw)
+    }
+
     /// A waiter gave up (timeout, disconnect). Returns the peers to withdraw asks from.
     pub fn cancel_wait(&mut self, waiter: &W) -> Vec<usize> {
         self.waiters.retain(|(w, _)| w != waiter);
@@ -366,6 +385,18 @@ mod tests {
         s.cancel_wait(&2);
         assert_eq!(s.waiting_count(), 1);
         assert_eq!(s.release(100).0, Handoff::ToWaiter(3, 100));
+    }
+
+    #[test]
+    fn waits_expire_oldest_first_and_the_last_one_withdraws_the_asks() {
+        let mut s = Shard::new(2, 2, 0);
+        assert_eq!(s.checkout(1, 0), Checkout::Connect);
+        assert_eq!(s.checkout(2, 1), Checkout::Wait { ask: vec![1] });
+        assert!(matches!(s.checkout(3, 5), Checkout::Wait { .. }));
+        assert_eq!(s.expire_waits(1), (vec![], vec![]));
+        assert_eq!(s.expire_waits(5), (vec![2], vec![]), "3 still waits");
+        assert_eq!(s.expire_waits(6), (vec![3], vec![1]));
+        assert_eq!(s.release(100).0, Handoff::Idle);
     }
 
     #[test]

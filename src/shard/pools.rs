@@ -29,6 +29,8 @@ enum Grant {
     Server(Box<Server>),
     /// Budget: open a new server.
     Connect,
+    /// query_wait_timeout passed first.
+    Expired,
 }
 
 /// A one-shot hand-over between the shard and one waiting client task.
@@ -91,6 +93,47 @@ pub async fn until<T>(deadline: Instant, fut: impl Future<Output = T>) -> Option
         .ok()
 }
 
+/// A client's wait for a server: resolves to what the shard grants it. Dropped unfinished (the client's login
+/// timed out, its task ended), it leaves the line, and a grant that already landed goes back to the pool, so
+/// no server or budget is lost with it.
+struct Waiting<'a> {
+    shard: &'a Shard,
+    key: PoolKey,
+    waiter: u64,
+    slot: Option<Rc<GrantSlot>>,
+}
+
+impl Future for Waiting<'_> {
+    type Output = Grant;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Grant> {
+        let slot = self.slot.as_deref().expect("polled after it resolved");
+        let grant = std::task::ready!(Pin::new(&mut &*slot).poll(cx));
+        self.slot = None;
+        Poll::Ready(grant)
+    }
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        let Some(slot) = self.slot.take() else {
+            return;
+        };
+        let (shard, key, waiter) = (self.shard, self.key, self.waiter);
+        let withdraw = shard.pool(key, |p| {
+            p.waiting.remove(&waiter);
+            p.core.cancel_wait(&waiter)
+        });
+        shard.withdraw(key, withdraw);
+        let landed = slot.grant.borrow_mut().take();
+        match landed {
+            Some(Grant::Server(server)) => shard.release(key, server),
+            Some(Grant::Connect) => shard.server_gone(key),
+            Some(Grant::Expired) | None => {}
+        }
+    }
+}
+
 impl Shard {
     fn pool<R>(&self, key: PoolKey, f: impl FnOnce(&mut Pool) -> R) -> R {
         let mut pools = self.pools.borrow_mut();
@@ -120,24 +163,17 @@ impl Shard {
                 Checkout::Ready(server) => Grant::Server(server),
                 Checkout::Connect => Grant::Connect,
                 Checkout::Wait { ask } => {
+                    // No timer per wait: the shard's tick expires waits (see `expire_waits`).
                     let slot = Rc::new(GrantSlot::default());
                     self.pool(key, |p| p.waiting.insert(waiter, slot.clone()));
                     self.ask(key, ask);
-                    match until(deadline, &*slot).await {
-                        Some(grant) => grant,
-                        None => {
-                            let withdraw = self.pool(key, |p| {
-                                p.waiting.remove(&waiter);
-                                p.core.cancel_wait(&waiter)
-                            });
-                            self.withdraw(key, withdraw);
-                            // A grant may have landed as the timer fired.
-                            slot.grant
-                                .borrow_mut()
-                                .take()
-                                .ok_or(AcquireError::Timeout)?
-                        }
-                    }
+                    let waiting = Waiting {
+                        shard: self,
+                        key,
+                        waiter,
+                        slot: Some(slot),
+                    };
+                    waiting.await
                 }
             };
             match grant {
@@ -148,6 +184,7 @@ impl Shard {
                     debug!("closing a server that died while idle");
                     self.server_gone(key);
                 }
+                Grant::Expired => return Err(AcquireError::Timeout),
                 Grant::Connect => match self.connect(key, deadline).await {
                     Ok(server) => return Ok(server),
                     Err(ConnectError::Rejected(e)) if !connect::is_transient(&e) => {
@@ -341,13 +378,21 @@ impl Shard {
         }
     }
 
-    /// Closes idle servers that died, idled past server_idle_timeout or lived past server_lifetime (keeping
-    /// this shard's share of min_pool_size), then opens servers up to that share.
+    /// Ends the waits older than query_wait_timeout, closes idle servers that died, idled past
+    /// server_idle_timeout or lived past server_lifetime (keeping this shard's share of min_pool_size), then
+    /// opens servers up to that share.
     pub(super) fn look_after_pools(self: &Rc<Self>) {
         let config = self.config();
         let now = Instant::now();
         let keys: Vec<PoolKey> = self.pools.borrow().keys().copied().collect();
         for key in keys {
+            if let Some(cutoff) = now.checked_sub(config.query_wait_timeout) {
+                let (expired, withdraw) = self.pool(key, |p| p.core.expire_waits(cutoff));
+                for waiter in expired {
+                    self.grant(key, waiter, Grant::Expired);
+                }
+                self.withdraw(key, withdraw);
+            }
             let min = share(
                 config.databases[key.db as usize].min_pool_size,
                 self.shards,
