@@ -239,6 +239,15 @@ def pgbench(port, args, seconds, log_prefix=None):
     return subprocess.Popen(cmd + ["bench"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
 
 
+# pgbench's count of what it ran.
+TRANSACTIONS = r"number of transactions actually processed: (\d+)"
+
+
+def select_only(mode, clients):
+    """pgbench arguments of the select-only workload with 2 threads."""
+    return WORKLOADS["select-only"][0] + ["-M", mode, "-c", str(clients), "-j", "2"]
+
+
 def p99_ms(log_prefix):
     """The 99th percentile of the transaction latencies pgbench logged (third field, µs), in ms."""
     latencies = []
@@ -277,7 +286,7 @@ def measure(pg, pooler_pid, port, args, seconds, work):
         # E.g. PgBouncer 1.18 in transaction mode with -M prepared: "prepared statement ... does not exist".
         first_error = next((l for l in err.splitlines() if "ERROR" in l or "error" in l), err.strip()[:200])
         return {"error": first_error.strip()}
-    found = [re.search(p, out) for p in (r"number of transactions actually processed: (\d+)",
+    found = [re.search(p, out) for p in (TRANSACTIONS,
                                           r"latency average = ([\d.]+) ms", r"tps = ([\d.]+)")]
     if not all(found):
         return {"error": "pgbench reported no figures: " + ((err + out).strip().splitlines() or ["(nothing)"])[-1][:200]}
@@ -291,9 +300,6 @@ def measure(pg, pooler_pid, port, args, seconds, work):
             "pooler": us(pooler), "postgres": us(postgres), "pgbench": us(bench), "other": other,
             "rss": rss_bytes(pooler_pid)}
 
-
-# Handshakes in flight in the login runs; the storm run has every client connect at once.
-LOGINS_IN_FLIGHT = 64
 
 def syscalls_per_tx(pooler_pid, port, args, seconds):
     """System calls per transaction the pooler makes, counted by `strace -c -f` (which slows it down: these runs
@@ -316,7 +322,7 @@ def syscalls_per_tx(pooler_pid, port, args, seconds):
     stdout, _ = run.communicate()
     tracer.send_signal(signal.SIGINT)
     tracer.wait(30)
-    txs = re.search(r"number of transactions actually processed: (\d+)", stdout)
+    txs = re.search(TRANSACTIONS, stdout)
     calls = {}
     with open(out) as f:
         for line in f:
@@ -330,6 +336,9 @@ def syscalls_per_tx(pooler_pid, port, args, seconds):
     n = int(txs.group(1))
     return {name: count / n for name, count in calls.items()}
 
+
+# Handshakes in flight in the login runs; the storm run has every client connect at once.
+LOGINS_IN_FLIGHT = 64
 
 LOGIN_FIELDS = ("errors", "logins_per_s", "p50_ms", "p99_ms", "cpu_us_per_login", "bytes_per_client",
                 "idle_cpu_ms", "sample_failures")
@@ -420,8 +429,7 @@ def main():
     traced = []
     for mode in a.modes.split(",") if a.syscalls else []:
         for name, proc, port in poolers:
-            args = WORKLOADS["select-only"][0] + ["-M", mode, "-c", str(a.clients), "-j", "2"]
-            per_tx = syscalls_per_tx(proc.pid, port, args, 5)
+            per_tx = syscalls_per_tx(proc.pid, port, select_only(mode, a.clients), 5)
             traced.append((mode, name, per_tx))
             print(f"syscalls select-only {mode:8} {name:22} "
                   f"{sum(per_tx.values()) if per_tx else float('nan'):.2f}/tx", file=sys.stderr)
@@ -445,10 +453,9 @@ def main():
     if a.many:
         cell = f"select-only simple, {a.many} clients"
         for name, proc, port in poolers:
-            args = WORKLOADS["select-only"][0] + ["-M", "simple", "-c", str(a.many), "-j", "2"]
             # Thousands of SCRAM logins come first (pgbench's own PBKDF2 per client) and -T counts them: give the
             # run time after them.
-            r = measure(pg, proc.pid, port, args, max(a.seconds, 60), work)
+            r = measure(pg, proc.pid, port, select_only("simple", a.many), max(a.seconds, 60), work)
             r["threads"] = 2
             rows.append((cell, name, r))
             said = r["error"] if "error" in r else f"tps {r['tps']:9.0f}  p99 {r['p99']:.1f} ms  failed {r['failed']}"

@@ -2,7 +2,6 @@
 //! limits, authentication, and the greeting. Everything here runs under client_login_timeout.
 
 use std::sync::Arc;
-use std::time::Instant;
 
 use futures_lite::{AsyncReadExt, AsyncWriteExt};
 use glommio::net::TcpStream;
@@ -181,9 +180,8 @@ pub async fn login(shard: &Shard, stream: &mut TcpStream) -> Result<Outcome, Fat
         db: db as u32,
         user: user as u32,
     };
-    let deadline = Instant::now() + config.query_wait_timeout;
     let server_params = shard
-        .server_params(key, deadline)
+        .server_params(key)
         .await
         .map_err(Fatal::from_acquire)?;
     encode::auth_ok(&mut out);

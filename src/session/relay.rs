@@ -441,9 +441,8 @@ impl<'a> Relay<'a> {
     }
 
     async fn lease(&mut self) -> Result<(), Fatal> {
-        let deadline = Instant::now() + self.shard.config().query_wait_timeout;
         // Boxed so the connect path's state is not part of every idle client's task.
-        match Box::pin(self.shard.acquire(self.session.key, deadline)).await {
+        match Box::pin(self.shard.acquire(self.session.key)).await {
             Ok(mut server) => {
                 if server.settings != self.session.settings.fingerprint() {
                     if !Box::pin(server.run(&self.session.settings.apply_sql(), CLEANUP_TIMEOUT))

@@ -150,12 +150,10 @@ impl Shard {
         f(pool)
     }
 
-    /// A server for a client of `key`, by `deadline`. Never hands out a server that died while idle.
-    pub async fn acquire(
-        &self,
-        key: PoolKey,
-        deadline: Instant,
-    ) -> Result<Box<Server>, AcquireError> {
+    /// A server for a client of `key`, within query_wait_timeout. Never hands out a server that died while idle.
+    pub async fn acquire(&self, key: PoolKey) -> Result<Box<Server>, AcquireError> {
+        // Waits end on the shard's tick (`expire_waits`); connecting uses what is left of the same time.
+        let deadline = Instant::now() + self.config().query_wait_timeout;
         loop {
             let waiter = self.next_waiter.get();
             self.next_waiter.set(waiter + 1);
@@ -250,15 +248,11 @@ impl Shard {
     }
 
     /// The ParameterStatus set clients of `key` are told at login, connecting a server first if none ever was.
-    pub async fn server_params(
-        &self,
-        key: PoolKey,
-        deadline: Instant,
-    ) -> Result<super::ServerParams, AcquireError> {
+    pub async fn server_params(&self, key: PoolKey) -> Result<super::ServerParams, AcquireError> {
         if let Some(params) = self.shared.params(key) {
             return Ok(params);
         }
-        let server = self.acquire(key, deadline).await?;
+        let server = self.acquire(key).await?;
         let params = self.shared.learn_params(key, &server.params);
         self.release(key, server);
         Ok(params)
