@@ -18,7 +18,7 @@ Then logins and idle clients (benches/logins.rs): logins/s, handshake p50/p99, p
 pooler memory per idle client for SCRAM and md5 at --logins N (default 1000,10000,19000), and pooler CPU
 while the largest SCRAM crowd sits idle for --idle-secs; then a storm of --storm md5 clients (default 19000)
 that all connect at once. With --syscalls, each pooler's system calls per select-only transaction, counted
-by strace in separate runs.
+by strace in separate runs; with --profile, where its CPU per select-only transaction goes, sampled by perf.
 Every process it starts is stopped by pid on exit, also on failure.
 """
 
@@ -301,28 +301,31 @@ def measure(pg, pooler_pid, port, args, seconds, work):
             "rss": rss_bytes(pooler_pid)}
 
 
-def syscalls_per_tx(pooler_pid, port, args, seconds):
-    """System calls per transaction the pooler makes, counted by `strace -c -f` (which slows it down: these runs
-    give counts, never speed)."""
-    handle, out = tempfile.mkstemp(prefix="pgherd-strace-")
-    os.close(handle)
-    said = out + ".said"
-    tracer = subprocess.Popen(["strace", "-c", "-f", "-p", str(pooler_pid), "-o", out],
-                              stdout=subprocess.DEVNULL, stderr=open(said, "w"))
-    CHILDREN.append(tracer)
-    # strace says "attached" per thread once it is tracing; counting before that would miss calls.
+def watched(tool, attached, port, args, seconds):
+    """A pgbench run while `tool` (a command that stops on SIGINT) watches the pooler; `attached()` says when it
+    has started watching. Returns pgbench's transaction count, or None when pgbench failed."""
+    watcher = subprocess.Popen(tool, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    CHILDREN.append(watcher)
+    # Counting before the tool has attached would miss part of the run.
     deadline = time.monotonic() + 10
-    while tracer.poll() is None and time.monotonic() < deadline:
-        with open(said) as f:
-            if "attached" in f.read():
-                break
+    while watcher.poll() is None and not attached() and time.monotonic() < deadline:
         time.sleep(0.05)
-    os.remove(said)
     run = pgbench(port, args, seconds)
     stdout, _ = run.communicate()
-    tracer.send_signal(signal.SIGINT)
-    tracer.wait(30)
+    watcher.send_signal(signal.SIGINT)
+    watcher.wait(120)
     txs = re.search(TRANSACTIONS, stdout)
+    return int(txs.group(1)) if run.returncode == 0 and txs else None
+
+
+def syscalls_per_tx(pooler_pid, port, args, seconds, work):
+    """System calls per transaction the pooler makes, counted by `strace -c -f` (which slows it down: these runs
+    give counts, never speed)."""
+    out = os.path.join(work, "strace.txt")
+    # strace writes its table to `out` only when it stops; it is attached once the pooler's threads show in /proc
+    # as traced (TracerPid).
+    traced = lambda: all(tracer_of(pooler_pid, tid) for tid in os.listdir(f"/proc/{pooler_pid}/task"))
+    n = watched(["strace", "-c", "-f", "-p", str(pooler_pid), "-o", out], traced, port, args, seconds)
     calls = {}
     with open(out) as f:
         for line in f:
@@ -331,10 +334,58 @@ def syscalls_per_tx(pooler_pid, port, args, seconds):
             if len(fields) >= 5 and fields[3].isdigit() and fields[-1] != "total":
                 calls[fields[-1]] = int(fields[3])
     os.remove(out)
-    if run.returncode != 0 or not txs or not calls:
+    if not n or not calls:
         return None
-    n = int(txs.group(1))
     return {name: count / n for name, count in calls.items()}
+
+
+def tracer_of(pid, tid):
+    try:
+        with open(f"/proc/{pid}/task/{tid}/status") as f:
+            return int(re.search(r"TracerPid:\s+(\d+)", f.read()).group(1))
+    except OSError:
+        return 0
+
+
+def cpu_split(pid):
+    """utime and stime of a whole process, in clock ticks."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return int(fields[11]), int(fields[12])
+
+
+# Where a pooler's CPU goes, as kernel functions perf samples inside: moving the bytes (the two system calls
+# every pooler makes per message) and the rest.
+PROFILE_PARTS = (("sendto", "__sys_sendto"), ("recvfrom", "__sys_recvfrom"))
+
+
+def profile_per_tx(pooler_pid, port, args, seconds, work):
+    """The pooler's CPU per transaction split by `perf record -e cpu-clock -g`: in sendto (on loopback this
+    includes the receiving side's TCP work and wake-up), in recvfrom, elsewhere in the kernel, in user space.
+    µs come from /proc over the same run; perf gives the shares."""
+    out = os.path.join(work, "perf.data")
+    tool = ["perf", "record", "-q", "-e", "cpu-clock", "-g", "-p", str(pooler_pid), "-o", out]
+    (u0, s0) = cpu_split(pooler_pid)
+    n = watched(tool, lambda: os.path.exists(out) and os.path.getsize(out) > 0, port, args, seconds)
+    (u1, s1) = cpu_split(pooler_pid)
+    report = lambda *how: subprocess.run(["perf", "report", "-i", out, "--stdio", "-g", "none", *how],
+                                         capture_output=True, text=True).stdout
+    callers = report("--children", "--sort", "sym")
+    by_dso = report("--no-children", "--sort", "dso")
+    os.remove(out)
+    if not n:
+        return None
+    us = ((u1 - u0) + (s1 - s0)) / CLK_TCK * 1e6 / n
+    share = {}
+    for part, symbol in PROFILE_PARTS:
+        found = re.search(r"^\s*([\d.]+)%\s+[\d.]+%\s+\[k\] " + symbol + "$", callers, re.M)
+        share[part] = float(found.group(1)) / 100 if found else 0.0
+    kernel = re.search(r"^\s*([\d.]+)%\s+\[kernel\.kallsyms\]", by_dso, re.M)
+    kernel = float(kernel.group(1)) / 100 if kernel else 0.0
+    parts = {part: us * share[part] for part, _ in PROFILE_PARTS}
+    parts["other kernel"] = us * max(kernel - sum(share.values()), 0.0)
+    parts["user space"] = us * (1 - kernel)
+    return {"total": us, **parts}
 
 
 # Handshakes in flight in the login runs; the storm run has every client connect at once.
@@ -377,6 +428,8 @@ def main():
                     help="pooler CPU is measured while the largest SCRAM run sits idle this long")
     ap.add_argument("--syscalls", action="store_true",
                     help="also count each pooler's system calls per select-only transaction under strace")
+    ap.add_argument("--profile", action="store_true",
+                    help="also split each pooler's CPU per select-only transaction by where perf samples it")
     ap.add_argument("--out", default=None, help="also write the markdown report here")
     a = ap.parse_args()
 
@@ -386,6 +439,8 @@ def main():
         sys.exit("pgbouncer is not installed: apt-get install -y pgbouncer")
     if a.syscalls and not shutil.which("strace"):
         sys.exit("--syscalls needs strace: apt-get install -y strace")
+    if a.profile and not shutil.which("perf"):
+        sys.exit("--profile needs perf: apt-get install -y linux-perf")
     work = tempfile.mkdtemp(prefix="pgherd-bench-")
     os.chmod(work, 0o755)
     atexit.register(shutil.rmtree, work, True)
@@ -429,10 +484,17 @@ def main():
     traced = []
     for mode in a.modes.split(",") if a.syscalls else []:
         for name, proc, port in poolers:
-            per_tx = syscalls_per_tx(proc.pid, port, select_only(mode, a.clients), 5)
+            per_tx = syscalls_per_tx(proc.pid, port, select_only(mode, a.clients), 5, work)
             traced.append((mode, name, per_tx))
             print(f"syscalls select-only {mode:8} {name:22} "
                   f"{sum(per_tx.values()) if per_tx else float('nan'):.2f}/tx", file=sys.stderr)
+    profiled = []
+    for mode in a.modes.split(",") if a.profile else []:
+        for name, proc, port in poolers:
+            parts = profile_per_tx(proc.pid, port, select_only(mode, a.clients), a.seconds, work)
+            profiled.append((mode, name, parts))
+            print(f"profile select-only {mode:8} {name:22} "
+                  f"{parts['total'] if parts else float('nan'):.1f} us/tx", file=sys.stderr)
     counts = [int(n) for n in a.logins.split(",") if n]
     runs = [(auth, n, LOGINS_IN_FLIGHT) for auth in a.auth.split(",") if auth for n in counts]
     if a.storm:
@@ -491,6 +553,19 @@ def main():
             top = sorted(per_tx.items(), key=lambda kv: -kv[1])[:4]
             lines.append(f"| {mode} | {name} | {sum(per_tx.values()):.2f} | "
                          + ", ".join(f"{call} {n:.2f}" for call, n in top) + " |")
+    if profiled:
+        lines += ["", f"Where the pooler's CPU per select-only transaction goes: pgbench -c {a.clients} -j 2 "
+                  f"-T {a.seconds} with the pooler under `perf record -e cpu-clock -g` (separate runs); µs per "
+                  "transaction from /proc over the run, split by perf's shares. On loopback, sendto also does the "
+                  "receiving socket's TCP work and wakes its reader.", "",
+                  "| mode | pooler | µs/tx | in sendto | in recvfrom | elsewhere in the kernel | user space |",
+                  "|---|---|---:|---:|---:|---:|---:|"]
+        for mode, name, parts in profiled:
+            if parts is None:
+                lines.append(f"| {mode} | {name} | pgbench failed | | | | |")
+                continue
+            lines.append(f"| {mode} | {name} | {parts['total']:.1f} | {parts['sendto']:.1f} | "
+                         f"{parts['recvfrom']:.1f} | {parts['other kernel']:.1f} | {parts['user space']:.1f} |")
     if login_rows:
         lines += ["", "Logins and idle clients: benches/logins.rs, N clients from 8 loopback source addresses with at "
                   "most the given number of handshakes in flight; bytes per idle client = pooler RSS growth / N, "

@@ -305,7 +305,7 @@ impl<S, W: PartialEq, T: Ord + Copy> PoolShard<S, W, T> {
         out
     }
 
-    /// Takes the next idle server (to close it at shutdown).
+    /// Takes the most recently used idle server: for a client, or to close it at shutdown.
     pub fn take_idle(&mut self) -> Option<S> {
         self.idle.pop()
     }

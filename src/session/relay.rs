@@ -441,8 +441,7 @@ impl<'a> Relay<'a> {
     }
 
     async fn lease(&mut self) -> Result<(), Fatal> {
-        // Boxed so the connect path's state is not part of every idle client's task.
-        match Box::pin(self.shard.acquire(self.session.key)).await {
+        match self.shard.acquire(self.session.key).await {
             Ok(mut server) => {
                 if server.settings != self.session.settings.fingerprint() {
                     if !Box::pin(server.run(&self.session.settings.apply_sql(), CLEANUP_TIMEOUT))

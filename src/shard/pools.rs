@@ -152,12 +152,34 @@ impl Shard {
 
     /// A server for a client of `key`, within query_wait_timeout. Never hands out a server that died while idle.
     pub async fn acquire(&self, key: PoolKey) -> Result<Box<Server>, AcquireError> {
+        // Most transactions find an idle server: that path allocates nothing. Waiting and connecting are boxed,
+        // so their state is not part of every client's task.
+        while let Some(server) = self.pool(key, |p| p.core.take_idle()) {
+            if let Some(server) = self.alive(key, server) {
+                return Ok(server);
+            }
+        }
+        Box::pin(self.wait_or_connect(key)).await
+    }
+
+    /// `server` unless it died while idle, in which case its budget is freed.
+    fn alive(&self, key: PoolKey, mut server: Box<Server>) -> Option<Box<Server>> {
+        if server.is_alive() {
+            return Some(server);
+        }
+        debug!("closing a server that died while idle");
+        self.server_gone(key);
+        None
+    }
+
+    async fn wait_or_connect(&self, key: PoolKey) -> Result<Box<Server>, AcquireError> {
         // Waits end on the shard's tick (`expire_waits`); connecting uses what is left of the same time.
-        let deadline = Instant::now() + self.config().query_wait_timeout;
+        let now = Instant::now();
+        let deadline = now + self.config().query_wait_timeout;
         loop {
             let waiter = self.next_waiter.get();
             self.next_waiter.set(waiter + 1);
-            let grant = match self.pool(key, |p| p.core.checkout(waiter, Instant::now())) {
+            let grant = match self.pool(key, |p| p.core.checkout(waiter, now)) {
                 Checkout::Ready(server) => Grant::Server(server),
                 Checkout::Connect => Grant::Connect,
                 Checkout::Wait { ask } => {
@@ -175,12 +197,10 @@ impl Shard {
                 }
             };
             match grant {
-                Grant::Server(mut server) => {
-                    if server.is_alive() {
+                Grant::Server(server) => {
+                    if let Some(server) = self.alive(key, server) {
                         return Ok(server);
                     }
-                    debug!("closing a server that died while idle");
-                    self.server_gone(key);
                 }
                 Grant::Expired => return Err(AcquireError::Timeout),
                 Grant::Connect => match self.connect(key, deadline).await {
