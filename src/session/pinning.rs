@@ -112,15 +112,15 @@ pub fn message_effects(tag: u8, body: Option<&[u8]>) -> Effects {
             ..Effects::default()
         };
     };
-    scan(&String::from_utf8_lossy(sql))
+    scan(sql)
 }
 
-/// Scans SQL text (one or more statements) for session state it creates or clears. One pass, allocating only for
-/// SET and RESET: it runs on every Query and Parse.
-pub fn scan(sql: &str) -> Effects {
+/// Scans SQL text (one or more statements) for session state it creates or clears. One pass over the bytes, with
+/// no UTF-8 check (every keyword is ASCII), allocating only for SET and RESET: it runs on every Query and Parse.
+pub fn scan(sql: &[u8]) -> Effects {
     let mut effects = Effects::default();
     let mut statement = Statement::default();
-    for token in Tokens::new(sql.as_bytes()) {
+    for token in Tokens::new(sql) {
         match token {
             Token::Semicolon => std::mem::take(&mut statement).finish(sql, &mut effects),
             Token::Word { text, called } => statement.word(text, called, &mut effects),
@@ -133,8 +133,8 @@ pub fn scan(sql: &str) -> Effects {
 /// What the scan remembers of the statement it is in: its first words, the last few, and a few phrases.
 #[derive(Default)]
 struct Statement<'a> {
-    first: [&'a str; 3],
-    recent: [&'a str; 3],
+    first: [&'a [u8]; 3],
+    recent: [&'a [u8]; 3],
     words: usize,
     with_hold: bool,
     on_commit_drop: bool,
@@ -142,13 +142,13 @@ struct Statement<'a> {
 }
 
 impl<'a> Statement<'a> {
-    fn word(&mut self, text: &'a str, called: bool, effects: &mut Effects) {
+    fn word(&mut self, text: &'a [u8], called: bool, effects: &mut Effects) {
         if let Some(slot) = self.first.get_mut(self.words) {
             *slot = text;
         }
         self.words += 1;
         self.recent = [self.recent[1], self.recent[2], text];
-        let is = |w: &str, k: &str| w.eq_ignore_ascii_case(k);
+        let is = |w: &[u8], k: &str| w.eq_ignore_ascii_case(k.as_bytes());
         self.with_hold |= is(self.recent[1], "WITH") && is(text, "HOLD");
         self.on_commit_drop |=
             is(self.recent[0], "ON") && is(self.recent[1], "COMMIT") && is(text, "DROP");
@@ -174,8 +174,8 @@ impl<'a> Statement<'a> {
     }
 
     /// Classifies the statement by its first words once it has ended; `sql` is the text they are slices of.
-    fn finish(self, sql: &str, effects: &mut Effects) {
-        let is = |i: usize, keyword: &str| self.first[i].eq_ignore_ascii_case(keyword);
+    fn finish(self, sql: &[u8], effects: &mut Effects) {
+        let is = |i: usize, keyword: &str| self.first[i].eq_ignore_ascii_case(keyword.as_bytes());
         let temp_at = if is(1, "GLOBAL") || is(1, "LOCAL") {
             2
         } else {
@@ -211,8 +211,8 @@ impl<'a> Statement<'a> {
 
 impl Statement<'_> {
     /// SET and RESET: which setting, in the forms a client session uses.
-    fn setting(&self, sql: &str, effects: &mut Effects) {
-        let is = |i: usize, keyword: &str| self.first[i].eq_ignore_ascii_case(keyword);
+    fn setting(&self, sql: &[u8], effects: &mut Effects) {
+        let is = |i: usize, keyword: &str| self.first[i].eq_ignore_ascii_case(keyword.as_bytes());
         let reset = is(0, "RESET");
         let at = if !reset && is(1, "SESSION") { 2 } else { 1 };
         let name = if is(at, "LOCAL") || is(at, "TRANSACTION") || is(at, "CONSTRAINTS") {
@@ -240,7 +240,8 @@ impl Statement<'_> {
             "xmloption".to_owned()
         } else {
             match dotted_name(sql, self.first[at]) {
-                Some(name) => name.to_ascii_lowercase(),
+                // ASCII by construction: letters, digits, `_`, `$` and `.`.
+                Some(name) => String::from_utf8_lossy(name).to_ascii_lowercase(),
                 None => {
                     effects.creates.insert(Pins::SETTING);
                     return;
@@ -253,27 +254,26 @@ impl Statement<'_> {
 
 /// The setting name that starts at `word` (a slice of `sql`): the word and any `.part` after it. `None` when the
 /// name is quoted or missing, which the word scan cannot see.
-fn dotted_name<'a>(sql: &'a str, word: &'a str) -> Option<&'a str> {
+fn dotted_name<'a>(sql: &'a [u8], word: &'a [u8]) -> Option<&'a [u8]> {
     if word.is_empty() {
         return None;
     }
     let start = word.as_ptr() as usize - sql.as_ptr() as usize;
-    let before = sql[..start].trim_end();
-    if before.ends_with(['"', '.']) {
+    if matches!(sql[..start].trim_ascii_end().last(), Some(b'"' | b'.')) {
         return None;
     }
     let len = sql[start..]
-        .bytes()
-        .position(|b| !(b.is_ascii_alphanumeric() || matches!(b, b'_' | b'$' | b'.')))
+        .iter()
+        .position(|&b| !(b.is_ascii_alphanumeric() || matches!(b, b'_' | b'$' | b'.')))
         .unwrap_or(sql.len() - start);
     let name = &sql[start..start + len];
-    let quoted_part = sql[start + len..].starts_with('"');
-    (!quoted_part && !name.ends_with('.')).then_some(name)
+    let quoted_part = sql[start + len..].starts_with(b"\"");
+    (!quoted_part && !name.ends_with(b".")).then_some(name)
 }
 
 enum Token<'a> {
     /// A word outside quotes and comments (`*` counts as one); `called` when a `(` follows it.
-    Word { text: &'a str, called: bool },
+    Word { text: &'a [u8], called: bool },
     /// A statement separator.
     Semicolon,
 }
@@ -359,7 +359,7 @@ impl<'a> Iterator for Tokens<'a> {
                 b'*' => {
                     self.pos += 1;
                     return Some(Token::Word {
-                        text: "*",
+                        text: b"*",
                         called: false,
                     });
                 }
@@ -371,8 +371,7 @@ impl<'a> Iterator for Tokens<'a> {
                     {
                         self.pos += 1;
                     }
-                    // Words start and end on ASCII bytes, so the slice is valid UTF-8.
-                    let text = std::str::from_utf8(&self.sql[start..self.pos]).unwrap_or("");
+                    let text = &self.sql[start..self.pos];
                     let called = self.sql[self.pos..]
                         .iter()
                         .find(|b| !b.is_ascii_whitespace())
@@ -391,7 +390,7 @@ mod tests {
     use super::*;
 
     fn creates(sql: &str) -> Pins {
-        scan(sql).creates
+        scan(sql.as_bytes()).creates
     }
 
     #[test]
@@ -442,7 +441,7 @@ mod tests {
 
     #[test]
     fn settings_are_named_for_replay() {
-        let changed = |sql: &str| scan(sql).settings.map(|c| (c.names, c.all));
+        let changed = |sql: &str| scan(sql.as_bytes()).settings.map(|c| (c.names, c.all));
         let names = |n: &[&str]| Some((n.iter().map(|s| s.to_string()).collect(), false));
         assert_eq!(
             changed("SET search_path = app, public"),
@@ -477,17 +476,17 @@ mod tests {
 
     #[test]
     fn clearing_statements() {
-        assert_eq!(scan("DISCARD ALL").clears, Pins::ALL);
-        assert_eq!(scan("UNLISTEN *").clears, Pins::LISTEN);
-        assert_eq!(scan("UNLISTEN ch").clears, Pins::default());
-        assert_eq!(scan("DEALLOCATE ALL").clears, Pins::PREPARED);
-        assert_eq!(scan("CLOSE ALL").clears, Pins::HOLD_CURSOR);
-        assert_eq!(scan("DISCARD TEMP").clears, Pins::TEMP_OBJECT);
+        assert_eq!(scan(b"DISCARD ALL").clears, Pins::ALL);
+        assert_eq!(scan(b"UNLISTEN *").clears, Pins::LISTEN);
+        assert_eq!(scan(b"UNLISTEN ch").clears, Pins::default());
+        assert_eq!(scan(b"DEALLOCATE ALL").clears, Pins::PREPARED);
+        assert_eq!(scan(b"CLOSE ALL").clears, Pins::HOLD_CURSOR);
+        assert_eq!(scan(b"DISCARD TEMP").clears, Pins::TEMP_OBJECT);
         assert_eq!(
-            scan("SELECT pg_advisory_unlock_all()").clears,
+            scan(b"SELECT pg_advisory_unlock_all()").clears,
             Pins::ADVISORY_LOCK
         );
-        assert_eq!(scan("RESET ALL").clears, Pins::SETTING);
+        assert_eq!(scan(b"RESET ALL").clears, Pins::SETTING);
     }
 
     #[test]

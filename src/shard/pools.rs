@@ -152,14 +152,12 @@ impl Shard {
 
     /// A server for a client of `key`, within query_wait_timeout. Never hands out a server that died while idle.
     pub async fn acquire(&self, key: PoolKey) -> Result<Box<Server>, AcquireError> {
-        // Most transactions find an idle server: that path allocates nothing. Waiting and connecting are boxed,
-        // so their state is not part of every client's task.
         while let Some(server) = self.pool(key, |p| p.core.take_idle()) {
             if let Some(server) = self.alive(key, server) {
                 return Ok(server);
             }
         }
-        Box::pin(self.wait_or_connect(key)).await
+        self.wait_or_connect(key).await
     }
 
     /// `server` unless it died while idle, in which case its budget is freed.
@@ -203,7 +201,8 @@ impl Shard {
                     }
                 }
                 Grant::Expired => return Err(AcquireError::Timeout),
-                Grant::Connect => match self.connect(key, deadline).await {
+                // Boxed: connecting is rare, and its state would otherwise be part of every client's task.
+                Grant::Connect => match Box::pin(self.connect(key, deadline)).await {
                     Ok(server) => return Ok(server),
                     Err(ConnectError::Rejected(e)) if !connect::is_transient(&e) => {
                         return Err(AcquireError::Rejected(e))
