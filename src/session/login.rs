@@ -104,7 +104,8 @@ pub async fn login(shard: &Shard, stream: &mut TcpStream) -> Result<Outcome, Fat
     };
     let settings = StartupParams::from_startup(&params)
         .map_err(|why| Fatal::new(sqlstate::INVALID_PARAMETER_VALUE, why))?;
-    let mut out = Vec::new();
+    // Room for the whole greeting (about 14 ParameterStatus messages), so it is not regrown message by message.
+    let mut out = Vec::with_capacity(1024);
     let unknown: Vec<&str> = params
         .iter()
         .map(|(k, _)| k.as_str())

@@ -14,7 +14,7 @@ use heap::spawn_client;
 pub use pools::{until, AcquireError, PoolKey};
 pub use run::{check, start};
 
-use std::cell::{Cell, RefCell};
+use std::cell::RefCell;
 use std::collections::HashMap;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
@@ -196,7 +196,6 @@ pub struct Shard {
     /// Prepared statements of this shard's transaction-mode clients.
     pub statements: crate::session::statements::Registry,
     pools: RefCell<HashMap<PoolKey, pools::Pool>>,
-    next_waiter: Cell<u64>,
     peers: Option<Rc<Senders<exchange::Msg>>>,
 }
 

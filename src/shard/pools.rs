@@ -2,7 +2,6 @@
 //! giving it back, connecting on freed budget, and the messages peers send about pools.
 
 use std::cell::RefCell;
-use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
 use std::rc::Rc;
@@ -33,6 +32,15 @@ enum Grant {
     Expired,
 }
 
+/// A waiting client, as the pool core's line holds it: the slot its grant is put in.
+struct Waiter(Rc<GrantSlot>);
+
+impl PartialEq for Waiter {
+    fn eq(&self, other: &Waiter) -> bool {
+        Rc::ptr_eq(&self.0, &other.0)
+    }
+}
+
 /// A one-shot hand-over between the shard and one waiting client task.
 #[derive(Default)]
 struct GrantSlot {
@@ -40,10 +48,10 @@ struct GrantSlot {
     waker: RefCell<Option<Waker>>,
 }
 
-impl GrantSlot {
-    fn fill(&self, grant: Grant) {
-        *self.grant.borrow_mut() = Some(grant);
-        if let Some(waker) = self.waker.borrow_mut().take() {
+impl Waiter {
+    fn grant(self, grant: Grant) {
+        *self.0.grant.borrow_mut() = Some(grant);
+        if let Some(waker) = self.0.waker.borrow_mut().take() {
             waker.wake();
         }
     }
@@ -63,8 +71,7 @@ impl Future for &GrantSlot {
 }
 
 pub(super) struct Pool {
-    core: PoolShard<Box<Server>, u64, Instant>,
-    waiting: HashMap<u64, Rc<GrantSlot>>,
+    core: PoolShard<Box<Server>, Waiter, Instant>,
     /// Server connection attempts wait until then after failures.
     retry_at: Instant,
     retry_delay: Duration,
@@ -99,7 +106,6 @@ pub async fn until<T>(deadline: Instant, fut: impl Future<Output = T>) -> Option
 struct Waiting<'a> {
     shard: &'a Shard,
     key: PoolKey,
-    waiter: u64,
     slot: Option<Rc<GrantSlot>>,
 }
 
@@ -119,13 +125,10 @@ impl Drop for Waiting<'_> {
         let Some(slot) = self.slot.take() else {
             return;
         };
-        let (shard, key, waiter) = (self.shard, self.key, self.waiter);
-        let withdraw = shard.pool(key, |p| {
-            p.waiting.remove(&waiter);
-            p.core.cancel_wait(&waiter)
-        });
+        let (shard, key, waiter) = (self.shard, self.key, Waiter(slot));
+        let withdraw = shard.pool(key, |p| p.core.cancel_wait(&waiter));
         shard.withdraw(key, withdraw);
-        let landed = slot.grant.borrow_mut().take();
+        let landed = waiter.0.grant.borrow_mut().take();
         match landed {
             Some(Grant::Server(server)) => shard.release(key, server),
             Some(Grant::Connect) => shard.server_gone(key),
@@ -143,7 +146,6 @@ impl Shard {
                 self.shards,
                 self.id,
             ),
-            waiting: HashMap::new(),
             retry_at: Instant::now(),
             retry_delay: Duration::ZERO,
         });
@@ -175,20 +177,16 @@ impl Shard {
         let now = Instant::now();
         let deadline = now + self.config().query_wait_timeout;
         loop {
-            let waiter = self.next_waiter.get();
-            self.next_waiter.set(waiter + 1);
-            let grant = match self.pool(key, |p| p.core.checkout(waiter, now)) {
+            let slot = Rc::new(GrantSlot::default());
+            let grant = match self.pool(key, |p| p.core.checkout(Waiter(slot.clone()), now)) {
                 Checkout::Ready(server) => Grant::Server(server),
                 Checkout::Connect => Grant::Connect,
                 Checkout::Wait { ask } => {
                     // No timer per wait: the shard's tick expires waits (see `expire_waits`).
-                    let slot = Rc::new(GrantSlot::default());
-                    self.pool(key, |p| p.waiting.insert(waiter, slot.clone()));
                     self.ask(key, ask);
                     let waiting = Waiting {
                         shard: self,
                         key,
-                        waiter,
                         slot: Some(slot),
                     };
                     waiting.await
@@ -285,9 +283,9 @@ impl Shard {
         self.withdraw(key, withdraw);
     }
 
-    fn place_server(&self, key: PoolKey, handoff: Handoff<Box<Server>, u64>) {
+    fn place_server(&self, key: PoolKey, handoff: Handoff<Box<Server>, Waiter>) {
         match handoff {
-            Handoff::ToWaiter(waiter, server) => self.grant(key, waiter, Grant::Server(server)),
+            Handoff::ToWaiter(waiter, server) => waiter.grant(Grant::Server(server)),
             Handoff::ToPeer(peer, server) => match server.into_transfer() {
                 Ok(server) => self.send_to_peer(peer, Msg::Server { pool: key, server }),
                 Err(e) => {
@@ -305,18 +303,12 @@ impl Shard {
         self.place_budget(key, freed);
     }
 
-    fn place_budget(&self, key: PoolKey, freed: Freed<u64>) {
+    fn place_budget(&self, key: PoolKey, freed: Freed<Waiter>) {
         match freed {
-            Freed::Connect(waiter) => self.grant(key, waiter, Grant::Connect),
+            Freed::Connect(waiter) => waiter.grant(Grant::Connect),
             Freed::ToPeer(peer) => self.send_to_peer(peer, Msg::Budget { pool: key }),
             Freed::Kept => {}
         }
-    }
-
-    fn grant(&self, key: PoolKey, waiter: u64, grant: Grant) {
-        let slot = self.pool(key, |p| p.waiting.remove(&waiter));
-        slot.expect("the pool core only names waiters that are waiting")
-            .fill(grant);
     }
 
     fn ask(&self, key: PoolKey, peers: Vec<usize>) {
@@ -402,7 +394,7 @@ impl Shard {
             if let Some(cutoff) = now.checked_sub(config.query_wait_timeout) {
                 let (expired, withdraw) = self.pool(key, |p| p.core.expire_waits(cutoff));
                 for waiter in expired {
-                    self.grant(key, waiter, Grant::Expired);
+                    waiter.grant(Grant::Expired);
                 }
                 self.withdraw(key, withdraw);
             }

@@ -1,7 +1,7 @@
 //! Start-up and shutdown: listeners bound up front (so a bad address fails before anything runs), one pinned
 //! executor per shard, the channel mesh, each shard's accept loops and its maintenance tick.
 
-use std::cell::{Cell, RefCell};
+use std::cell::RefCell;
 use std::collections::HashMap;
 use std::os::fd::{AsRawFd, IntoRawFd, OwnedFd};
 use std::os::unix::io::FromRawFd;
@@ -147,7 +147,6 @@ async fn run_shard(
         settings: Default::default(),
         statements: Default::default(),
         pools: RefCell::new(HashMap::new()),
-        next_waiter: Cell::new(0),
         peers,
     });
     glommio::spawn_local(parking::wake_parked(shard.clone(), signal)).detach();
