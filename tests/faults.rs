@@ -215,6 +215,60 @@ async fn a_postgres_restart_does_not_fail_the_next_clients() {
     }
 }
 
+/// A TCP relay to 127.0.0.1:`to` that passes its first connection on only after `delay` (PostgreSQL slow to
+/// answer one login) and later ones at once. It runs until the test's runtime ends.
+async fn slow_first_connection(to: u16, delay: Duration) -> u16 {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        let mut first = true;
+        while let Ok((mut inbound, _)) = listener.accept().await {
+            let delay = if std::mem::take(&mut first) {
+                delay
+            } else {
+                Duration::ZERO
+            };
+            tokio::spawn(async move {
+                tokio::time::sleep(delay).await;
+                if let Ok(mut outbound) = tokio::net::TcpStream::connect(("127.0.0.1", to)).await {
+                    let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                }
+            });
+        }
+    });
+    port
+}
+
+/// Logins that time out while their pool's only server is still being opened (one opening it, one in line
+/// behind it) give back what they took: the next client gets the server. Before, the opener's unit of
+/// pool_size was lost for good, and every later client waited until query_wait_timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logins_that_time_out_while_a_server_opens_leave_the_pool_its_size() {
+    let Fixture { pg, herd } = fixture("transaction", 1, "workers = 1\nclient_login_timeout = 1");
+    let relay = slow_first_connection(pg.port, Duration::from_secs(3)).await;
+    let herd = herd.restarted_with(|config| {
+        config.replace(&format!("port = {}", pg.port), &format!("port = {relay}"))
+    });
+    let (first, second) = tokio::join!(
+        try_connect(herd.port, "app", "secret", "app"),
+        try_connect(herd.port, "app", "secret", "app")
+    );
+    // Whichever opened the server timed out; the other may have been handed the freed budget in time.
+    assert!(
+        first.is_err() || second.is_err(),
+        "a login waiting 3 s for its server outlived client_login_timeout = 1"
+    );
+    herd.wait_for_log("login timed out", Duration::from_secs(5));
+    let c = connect(herd.port, "app", "secret", "app").await;
+    assert_eq!(
+        c.query_typed_one("SELECT 7", &[])
+            .await
+            .unwrap()
+            .get::<_, i32>(0),
+        7
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn login_errors_carry_postgres_sqlstates() {
     let Fixture { pg: _pg, herd } = fixture("transaction", 2, "workers = 2");

@@ -137,6 +137,19 @@ impl Drop for Waiting<'_> {
     }
 }
 
+/// One unit of a pool's budget spent on a server connection still being opened. Unless the server is made, the
+/// unit is freed when this is dropped: on failure, and when the attempt itself is abandoned.
+struct Attempt<'a> {
+    shard: &'a Shard,
+    key: PoolKey,
+}
+
+impl Drop for Attempt<'_> {
+    fn drop(&mut self) {
+        self.shard.server_gone(self.key);
+    }
+}
+
 impl Shard {
     fn pool<R>(&self, key: PoolKey, f: impl FnOnce(&mut Pool) -> R) -> R {
         let mut pools = self.pools.borrow_mut();
@@ -213,8 +226,10 @@ impl Shard {
         }
     }
 
-    /// Opens a server on budget already taken for it; on failure the budget goes back.
+    /// Opens a server on budget already taken for it. The budget goes back if it fails, and also if the attempt
+    /// is dropped unfinished (the client's login timed out while PostgreSQL was slow or down).
     async fn connect(&self, key: PoolKey, deadline: Instant) -> Result<Box<Server>, ConnectError> {
+        let attempt = Attempt { shard: self, key };
         let retry_at = self.pool(key, |p| p.retry_at);
         if until(
             deadline,
@@ -223,7 +238,6 @@ impl Shard {
         .await
         .is_none()
         {
-            self.server_gone(key);
             return Err(ConnectError::Io(std::io::ErrorKind::TimedOut.into()));
         }
         let config = self.config();
@@ -234,6 +248,8 @@ impl Shard {
         let client_key = self.shared.client_key(key.user as usize);
         match connect::connect(db, user, client_key, config.server_connect_timeout).await {
             Ok(server) => {
+                // The budget is the server's now.
+                std::mem::forget(attempt);
                 self.pool(key, |p| {
                     if !p.retry_delay.is_zero() {
                         info!(
@@ -258,7 +274,6 @@ impl Shard {
                     p.retry_delay = (p.retry_delay * 2).clamp(FIRST_RETRY_DELAY, max);
                     p.retry_at = Instant::now() + p.retry_delay;
                 });
-                self.server_gone(key);
                 Err(e)
             }
         }
