@@ -5,7 +5,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{try_connect, wait_until, Pgherd, Postgres};
+use common::{try_connect, value, wait_until, Pgherd, Postgres};
 
 fn setup(ttl: &str, lookup_password: &str) -> (Postgres, Pgherd) {
     let mut pg = Postgres::start();
@@ -42,11 +42,7 @@ fn sqlstate(r: Result<tokio_postgres::Client, tokio_postgres::Error>) -> Option<
 async fn users_found_by_auth_query_log_in_with_their_stored_password() {
     let (pg, herd) = setup("1", "lookpw");
     let c = try_connect(herd.port, "dyn", "dynpw", "app").await.unwrap();
-    let who: String = c
-        .query_typed_one("SELECT current_user::text", &[])
-        .await
-        .unwrap()
-        .get(0);
+    let who: String = value(&c, "SELECT current_user::text").await;
     assert_eq!(who, "dyn");
     let started = Instant::now();
     assert_eq!(
@@ -79,13 +75,7 @@ async fn users_found_by_auth_query_log_in_with_their_stored_password() {
         Some("28P01")
     );
     // The client logged in before the change keeps working.
-    assert_eq!(
-        c.query_typed_one("SELECT 1", &[])
-            .await
-            .unwrap()
-            .get::<_, i32>(0),
-        1
-    );
+    assert_eq!(value::<i32>(&c, "SELECT 1").await, 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

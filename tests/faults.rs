@@ -8,7 +8,7 @@ use std::net::TcpStream;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{backend_pid, connect, fixture, psql, try_connect, wait_until, Fixture};
+use common::{backend_pid, connect, fixture, psql, try_connect, value, wait_until, Fixture};
 use tokio_postgres::types::Type;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -202,13 +202,7 @@ async fn a_postgres_restart_does_not_fail_the_next_clients() {
         5
     );
     // The already-connected client's next transaction works too.
-    assert_eq!(
-        held.query_typed_one("SELECT 6", &[])
-            .await
-            .unwrap()
-            .get::<_, i32>(0),
-        6
-    );
+    assert_eq!(value::<i32>(&held, "SELECT 6").await, 6);
     for _ in 0..5 {
         let c = connect(herd.port, "app", "secret", "app").await;
         c.batch_execute("SELECT 1").await.unwrap();
@@ -260,13 +254,7 @@ async fn logins_that_time_out_while_a_server_opens_leave_the_pool_its_size() {
     );
     herd.wait_for_log("login timed out", Duration::from_secs(5));
     let c = connect(herd.port, "app", "secret", "app").await;
-    assert_eq!(
-        c.query_typed_one("SELECT 7", &[])
-            .await
-            .unwrap()
-            .get::<_, i32>(0),
-        7
-    );
+    assert_eq!(value::<i32>(&c, "SELECT 7").await, 7);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -367,13 +355,7 @@ async fn hostile_startups_are_closed_while_others_keep_working() {
     read_to_close(&mut stalled, Duration::from_secs(4));
     let mut silent = silent;
     read_to_close(&mut silent, Duration::from_secs(4));
-    assert_eq!(
-        good.query_typed_one("SELECT 1", &[])
-            .await
-            .unwrap()
-            .get::<_, i32>(0),
-        1
-    );
+    assert_eq!(value::<i32>(&good, "SELECT 1").await, 1);
 }
 
 /// A StartupMessage body: protocol version then key/value pairs.
@@ -433,7 +415,7 @@ async fn sigterm_lets_a_running_transaction_finish() {
         TcpStream::connect(("127.0.0.1", port)).is_err()
     });
     // The open transaction still finishes.
-    let v: i32 = c.query_typed_one("SELECT 3", &[]).await.unwrap().get(0);
+    let v: i32 = value(&c, "SELECT 3").await;
     assert_eq!(v, 3);
     c.batch_execute("COMMIT").await.unwrap();
     assert_eq!(herd.wait_exit(Duration::from_secs(10)), Some(0));
@@ -481,11 +463,7 @@ async fn pgherd_logs_in_with_whatever_postgres_asks() {
         ("by_trust", "pw-trust"),
     ] {
         let c = connect(herd.port, user, password, "app").await;
-        let who: String = c
-            .query_typed_one("SELECT current_user::text", &[])
-            .await
-            .unwrap()
-            .get(0);
+        let who: String = value(&c, "SELECT current_user::text").await;
         assert_eq!(who, user);
     }
     let err = try_connect(herd.port, "by_trust", "wrong", "app")
@@ -557,11 +535,7 @@ async fn a_verifier_only_user_logs_in_to_postgres_with_the_clients_proof() {
         futures_util::future::join_all((0..4).map(|_| connect(herd.port, "app", "secret", "app")))
             .await;
     for c in &clients {
-        let who: String = c
-            .query_typed_one("SELECT current_user::text", &[])
-            .await
-            .unwrap()
-            .get(0);
+        let who: String = value(c, "SELECT current_user::text").await;
         assert_eq!(who, "app");
     }
     let err = try_connect(herd.port, "app", "not-it", "app")

@@ -4,7 +4,9 @@ mod common;
 
 use std::time::Duration;
 
-use common::{connect, free_port, pgbench, psql, try_connect, wait_until, Postgres};
+use common::{
+    connect, free_port, pgbench_without_failures, psql, try_connect, wait_until, Postgres,
+};
 
 fn alive(pid: i32) -> bool {
     // SAFETY: signal 0 only checks for existence.
@@ -140,20 +142,13 @@ async fn backend_count_sql_errors_and_client_tools() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("password authentication failed"));
     pg.pgbench_init("bob", 1);
-    let out = pgbench(
+    pgbench_without_failures(
         pg.port,
         "bob",
         "builder",
         "bob",
         &["-S", "-c", "2", "-j", "1", "-t", "50"],
     );
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{text}{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(text.contains("number of failed transactions: 0 "), "{text}");
 
     // Stopping twice is harmless; start_again after stop works with the same data.
     pg.stop();

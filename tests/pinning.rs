@@ -6,7 +6,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{backend_pid, connect, fixture, Fixture};
+use common::{backend_pid, connect, fixture, value, Fixture};
 use futures_util::StreamExt;
 use tokio_postgres::AsyncMessage;
 
@@ -37,18 +37,10 @@ async fn temporary_tables_and_settings_stay_with_their_client() {
             pid,
             "a pinned client kept its server"
         );
-        let name: String = b
-            .query_typed_one("SHOW application_name", &[])
-            .await
-            .unwrap()
-            .get(0);
+        let name: String = value(&b, "SHOW application_name").await;
         assert_ne!(name, "client-a", "a setting leaked to another client");
     }
-    let n: i64 = a
-        .query_typed_one("SELECT count(*) FROM scratch", &[])
-        .await
-        .unwrap()
-        .get(0);
+    let n: i64 = value(&a, "SELECT count(*) FROM scratch").await;
     assert_eq!(n, 10);
     // DISCARD ALL ends the state: the client returns to pooling.
     a.batch_execute("DISCARD ALL").await.unwrap();
@@ -97,17 +89,9 @@ async fn a_pinned_clients_state_is_discarded_when_it_leaves() {
     assert_eq!(backend_pid(&b).await, pid, "one server: b gets a's old one");
     let err = b.batch_execute("SELECT * FROM mine").await.unwrap_err();
     assert_eq!(err.code().unwrap().code(), "42P01");
-    let path: String = b
-        .query_typed_one("SHOW search_path", &[])
-        .await
-        .unwrap()
-        .get(0);
+    let path: String = value(&b, "SHOW search_path").await;
     assert_ne!(path, "nowhere");
-    let free: bool = b
-        .query_typed_one("SELECT pg_try_advisory_lock(7)", &[])
-        .await
-        .unwrap()
-        .get(0);
+    let free: bool = value(&b, "SELECT pg_try_advisory_lock(7)").await;
     assert!(free, "a's advisory lock was released");
 }
 

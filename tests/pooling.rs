@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{backend_pid, connect, fixture, pgbench, psql, Fixture};
+use common::{backend_pid, connect, fixture, pgbench_without_failures, psql, value, Fixture};
 use tokio_postgres::types::Type;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -67,12 +67,7 @@ async fn transaction_mode_lends_a_server_per_transaction() {
     assert_eq!(pid_a, pid_b);
     // While a holds a transaction open, b waits; when a commits, b goes on.
     a.batch_execute("BEGIN").await.unwrap();
-    let waiting = tokio::spawn(async move {
-        b.query_typed_one("SELECT 42", &[])
-            .await
-            .unwrap()
-            .get::<_, i32>(0)
-    });
+    let waiting = tokio::spawn(async move { value::<i32>(&b, "SELECT 42").await });
     // Not a wait for an event but a window in which something must not happen.
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert!(!waiting.is_finished(), "b ran while a held the only server");
@@ -94,11 +89,7 @@ async fn session_mode_keeps_the_server_and_resets_it() {
     a.batch_execute("INSERT INTO mine VALUES (1)")
         .await
         .unwrap();
-    let name: String = a
-        .query_typed_one("SHOW application_name", &[])
-        .await
-        .unwrap()
-        .get(0);
+    let name: String = value(&a, "SHOW application_name").await;
     assert_eq!(name, "a-session");
     let pid_a: i32 = backend_pid(&a).await;
     drop(a);
@@ -108,11 +99,7 @@ async fn session_mode_keeps_the_server_and_resets_it() {
     assert_eq!(pid_a, pid_b);
     let err = b.batch_execute("SELECT * FROM mine").await.unwrap_err();
     assert_eq!(err.code().unwrap().code(), "42P01");
-    let name: String = b
-        .query_typed_one("SHOW application_name", &[])
-        .await
-        .unwrap()
-        .get(0);
+    let name: String = value(&b, "SHOW application_name").await;
     assert_ne!(name, "a-session");
 }
 
@@ -120,20 +107,14 @@ async fn session_mode_keeps_the_server_and_resets_it() {
 async fn statement_mode_refuses_transaction_blocks() {
     let Fixture { pg: _pg, herd } = fixture("statement", 2, "workers = 1");
     let c = connect(herd.port, "app", "secret", "app").await;
-    assert_eq!(
-        c.query_typed_one("SELECT 7", &[])
-            .await
-            .unwrap()
-            .get::<_, i32>(0),
-        7
-    );
+    assert_eq!(value::<i32>(&c, "SELECT 7").await, 7);
     let err = c.batch_execute("BEGIN").await.unwrap_err();
     let db = err.as_db_error().expect("an ErrorResponse");
     assert_eq!(db.code().code(), "0A000");
     assert!(db.message().contains("statement pooling"), "{db:?}");
     // The server went back clean: another client gets an idle server.
     let d = connect(herd.port, "app", "secret", "app").await;
-    let state: String = d.query_typed_one("SELECT 'ok'", &[]).await.unwrap().get(0);
+    let state: String = value(&d, "SELECT 'ok'").await;
     assert_eq!(state, "ok");
 }
 
@@ -143,24 +124,14 @@ fn pgbench_simple_extended_and_prepared_have_no_failures() {
     pg.pgbench_init("app", 1);
     // -M prepared: each client's named statements follow it to whichever server its transaction gets.
     for mode in ["simple", "extended", "prepared"] {
-        let out = pgbench(
+        pgbench_without_failures(
             herd.port,
             "app",
             "secret",
             "app",
             &["-S", "-c", "20", "-j", "2", "-T", "3", "-M", mode],
         );
-        let text = String::from_utf8_lossy(&out.stdout);
-        assert!(
-            out.status.success(),
-            "pgbench -M {mode}: {text}{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        assert!(
-            text.contains("number of failed transactions: 0 "),
-            "pgbench -M {mode}: {text}"
-        );
-        let out = pgbench(
+        pgbench_without_failures(
             herd.port,
             "app",
             "secret",
@@ -169,16 +140,6 @@ fn pgbench_simple_extended_and_prepared_have_no_failures() {
             // the middle of a client's first transaction, which would stall the sibling clients of its
             // thread while they hold servers in open transactions, and the pool with them.
             &["-c", "8", "-j", "8", "-t", "100", "-M", mode],
-        );
-        let text = String::from_utf8_lossy(&out.stdout);
-        assert!(
-            out.status.success(),
-            "pgbench tpcb -M {mode}: {text}{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        assert!(
-            text.contains("number of failed transactions: 0 "),
-            "pgbench tpcb -M {mode}: {text}"
         );
     }
 }
@@ -228,11 +189,7 @@ async fn a_32_megabyte_value_passes_both_ways() {
     c.execute_typed("INSERT INTO blobs VALUES (1, $1)", &[(&body, Type::TEXT)])
         .await
         .unwrap();
-    let back: String = c
-        .query_typed_one("SELECT body FROM blobs WHERE id = 1", &[])
-        .await
-        .unwrap()
-        .get(0);
+    let back: String = value(&c, "SELECT body FROM blobs WHERE id = 1").await;
     assert!(back == body, "the value came back changed");
     // pgherd streamed it: its peak memory stayed far below the value's size.
     let status = std::fs::read_to_string(format!("/proc/{}/status", herd.pid())).unwrap();
@@ -249,11 +206,7 @@ async fn a_32_megabyte_value_passes_both_ways() {
         peak_kb < 24 * 1024,
         "pgherd peaked at {peak_kb} kB for a 32 MB value"
     );
-    let len: i32 = c
-        .query_typed_one("SELECT length(body) FROM blobs", &[])
-        .await
-        .unwrap()
-        .get(0);
+    let len: i32 = value(&c, "SELECT length(body) FROM blobs").await;
     assert_eq!(len, 32 * 1024 * 1024);
 }
 

@@ -6,7 +6,7 @@ mod common;
 
 use std::collections::HashSet;
 
-use common::{backend_pid, fixture, psql, Fixture};
+use common::{backend_pid, fixture, psql, value, Fixture};
 
 async fn connect_with(port: u16, extra: &str) -> tokio_postgres::Client {
     let conninfo =
@@ -19,10 +19,7 @@ async fn connect_with(port: u16, extra: &str) -> tokio_postgres::Client {
 }
 
 async fn show(c: &tokio_postgres::Client, name: &str) -> String {
-    c.query_typed_one(&format!("SHOW {name}"), &[])
-        .await
-        .unwrap()
-        .get(0)
+    value(c, &format!("SHOW {name}")).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -885,6 +885,18 @@ pub fn pgbench(port: u16, user: &str, password: &str, db: &str, args: &[&str]) -
     cmd.output().expect("run pgbench")
 }
 
+/// Runs [`pgbench`] and fails the test unless it exits 0 with no failed transaction, as every run here must.
+pub fn pgbench_without_failures(port: u16, user: &str, password: &str, db: &str, args: &[&str]) {
+    let out = pgbench(port, user, password, db, args);
+    let text = String::from_utf8_lossy(&out.stdout);
+    let run = args.join(" ");
+    assert!(out.status.success(), "pgbench {run}: {}", describe(&out));
+    assert!(
+        text.contains("number of failed transactions: 0 "),
+        "pgbench {run}: {text}"
+    );
+}
+
 /// tokio-postgres over TCP to 127.0.0.1:port, no TLS; the connection task is spawned on the current runtime.
 pub async fn try_connect(
     port: u16,
@@ -951,10 +963,18 @@ pub fn fixture(mode: &str, pool_size: u32, extra: &str) -> Fixture {
     Fixture { pg, herd }
 }
 
+/// Column 0 of the one row `sql` returns: many tests read just one value, and a failure names the SQL.
+pub async fn value<T: tokio_postgres::types::FromSqlOwned>(
+    c: &tokio_postgres::Client,
+    sql: &str,
+) -> T {
+    c.query_typed_one(sql, &[])
+        .await
+        .unwrap_or_else(|e| panic!("{sql}: {e:?}"))
+        .get(0)
+}
+
 /// The PostgreSQL backend a client's next transaction runs on.
 pub async fn backend_pid(c: &tokio_postgres::Client) -> i32 {
-    c.query_typed_one("SELECT pg_backend_pid()", &[])
-        .await
-        .unwrap()
-        .get(0)
+    value(c, "SELECT pg_backend_pid()").await
 }
