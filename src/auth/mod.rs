@@ -3,6 +3,7 @@
 //! bytes; nothing here touches a socket.
 
 pub mod md5;
+pub mod random;
 pub mod scram;
 
 /// Equality whose running time depends only on the lengths, so a client

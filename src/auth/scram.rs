@@ -12,7 +12,7 @@ use base64::Engine;
 use hmac::{Hmac, Mac};
 use sha2::{Digest, Sha256};
 
-use super::ct_eq;
+use super::{ct_eq, random};
 
 pub const MECHANISM: &str = "SCRAM-SHA-256";
 
@@ -69,7 +69,7 @@ impl Secret {
 
     /// A fresh verifier with PostgreSQL's defaults (16-byte salt, 4096 iterations).
     pub fn generate(password: &str) -> Secret {
-        Secret::from_password(password, &random::<16>(), 4096)
+        Secret::from_password(password, &random::bytes::<16>(), 4096)
     }
 }
 
@@ -428,15 +428,8 @@ fn xor(mut a: [u8; 32], b: &[u8; 32]) -> [u8; 32] {
     a
 }
 
-fn random<const N: usize>() -> [u8; N] {
-    let mut bytes = [0; N];
-    // Predictable nonces or salts would void the protocol; better to stop.
-    getrandom::getrandom(&mut bytes).expect("OS random number generator failed");
-    bytes
-}
-
 fn random_nonce() -> String {
-    STANDARD.encode(random::<18>())
+    STANDARD.encode(random::bytes::<18>())
 }
 
 fn decode_key(s: &str) -> Option<[u8; 32]> {

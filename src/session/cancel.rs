@@ -6,6 +6,7 @@ use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::os::fd::RawFd;
 
+use crate::auth::random;
 use crate::server::BackendKey;
 
 /// Bits of a client process id below the shard number.
@@ -45,7 +46,7 @@ impl Registry {
                 break pid;
             }
         };
-        let secret = random_u32();
+        let secret = u32::from_ne_bytes(random::bytes());
         entries.insert(pid, Entry { secret, fd });
         (pid, secret)
     }
@@ -103,12 +104,6 @@ impl Registry {
             unsafe { libc::shutdown(entry.fd, libc::SHUT_RD) };
         }
     }
-}
-
-pub fn random_u32() -> u32 {
-    let mut bytes = [0u8; 4];
-    getrandom::getrandom(&mut bytes).expect("the OS random source failed");
-    u32::from_ne_bytes(bytes)
 }
 
 #[cfg(test)]

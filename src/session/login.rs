@@ -8,7 +8,7 @@ use glommio::net::TcpStream;
 
 use super::params::StartupParams;
 use super::Fatal;
-use crate::auth::{md5, scram};
+use crate::auth::{md5, random, scram};
 use crate::config::{ClientAuth, ServerPassword};
 use crate::proto::message::{self, Startup};
 use crate::proto::{encode, frame, sqlstate, MAX_LOGIN_MESSAGE_LEN};
@@ -217,7 +217,7 @@ async fn authenticate(
     match auth {
         ClientAuth::Trust => Ok(None),
         ClientAuth::Md5(stored) => {
-            let salt = super::cancel::random_u32().to_ne_bytes();
+            let salt = random::bytes::<4>();
             encode::auth_md5(out, salt);
             send(stream, out).await?;
             let response = inbox.password_message(stream).await?;
