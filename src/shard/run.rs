@@ -3,7 +3,8 @@
 
 use std::cell::RefCell;
 use std::collections::HashMap;
-use std::os::fd::{AsRawFd, IntoRawFd, OwnedFd};
+use std::io;
+use std::os::fd::{AsRawFd, IntoRawFd, OwnedFd, RawFd};
 use std::os::unix::io::FromRawFd;
 use std::rc::Rc;
 use std::sync::atomic::Ordering;
@@ -11,7 +12,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use glommio::channels::channel_mesh::MeshBuilder;
-use glommio::net::TcpListener;
+use glommio::net::{TcpListener, TcpStream};
 use glommio::{LocalExecutorBuilder, Placement};
 
 use super::exchange::{self, Msg, CHANNEL_SLOTS};
@@ -19,6 +20,7 @@ use super::parking;
 use super::{Shard, Shared, TICK};
 use crate::config::Config;
 use crate::net::buffer::BufferPool;
+use crate::net::listener;
 use crate::session::cancel::{shard_of, Registry};
 use crate::{error, info, warn};
 
@@ -38,7 +40,7 @@ pub fn start(config: Config) -> std::io::Result<()> {
     let mut listeners: Vec<Vec<OwnedFd>> = (0..shards).map(|_| Vec::new()).collect();
     for addr in &config.listen {
         for shard in listeners.iter_mut() {
-            let socket = crate::net::listener::bind(*addr, config.listen_backlog).map_err(|e| {
+            let socket = listener::bind(*addr, config.listen_backlog).map_err(|e| {
                 std::io::Error::new(e.kind(), format!("cannot listen on {addr}: {e}"))
             })?;
             shard.push(socket);
@@ -156,9 +158,10 @@ async fn run_shard(
     let accepting: Vec<_> = listeners
         .into_iter()
         .map(|fd| {
+            let raw = fd.into_raw_fd();
             // SAFETY: a listening socket we own, handed over to glommio.
-            let listener = unsafe { TcpListener::from_raw_fd(fd.into_raw_fd()) };
-            glommio::spawn_local(accept(shard.clone(), listener))
+            let listener = unsafe { TcpListener::from_raw_fd(raw) };
+            glommio::spawn_local(accept(shard.clone(), listener, raw))
         })
         .collect();
 
@@ -199,12 +202,19 @@ async fn run_shard(
     shard.close_idle_servers();
 }
 
-async fn accept(shard: Rc<Shard>, listener: TcpListener) {
+/// Takes connections on `listener` (whose descriptor is `raw`) until the task is dropped.
+async fn accept(shard: Rc<Shard>, listener: TcpListener, raw: RawFd) {
     loop {
-        match listener.accept().await {
+        let accepted = match listener::accept_waiting(raw) {
+            // SAFETY: a new connected socket, owned by the stream from here.
+            Some(socket) => socket.map(|fd| unsafe { TcpStream::from_raw_fd(fd.into_raw_fd()) }),
+            None => listener.accept().await.map_err(io::Error::from),
+        };
+        match accepted {
             Ok(stream) => {
                 super::spawn_client(&shard, crate::session::serve(shard.clone(), stream));
             }
+            Err(e) if listener::only_that_connection(&e) => {}
             Err(e) => {
                 // Out of file descriptors or memory: pause rather than spin, and let clients leave.
                 warn!("accept failed: {e}; pausing accepts for 100 ms");
