@@ -17,8 +17,8 @@ saying why instead of figures.
 Then logins and idle clients (benches/logins.rs): logins/s, handshake p50/p99, pooler CPU per login and
 pooler memory per idle client for SCRAM and md5 at --logins N (default 1000,10000,19000), and pooler CPU
 while the largest SCRAM crowd sits idle for --idle-secs; then a storm of --storm md5 clients (default 19000)
-that all connect at once. With --syscalls, each pooler's system calls per select-only transaction, counted
-by strace in separate runs; with --profile, where its CPU per select-only transaction goes, sampled by perf.
+that all connect at once. With --syscalls, each pooler's system calls per select-only transaction and per
+login, counted by strace in separate runs; with --profile, where its CPU per select-only transaction goes, sampled by perf.
 Every process it starts is stopped by pid on exit, also on failure.
 """
 
@@ -183,6 +183,9 @@ max_client_conn = 100000
 ; pgherd's default backlog, so a connection storm meets the same accept queue
 listen_backlog = 4096
 logfile = {work}/pgbouncer.log
+; pgherd at log_level warn writes nothing per client; PgBouncer by default writes a line at each login and logout
+log_connections = 0
+log_disconnections = 0
 """)
     creds = as_postgres()
     if creds:
@@ -301,31 +304,37 @@ def measure(pg, pooler_pid, port, args, seconds, work):
             "rss": rss_bytes(pooler_pid)}
 
 
-def watched(tool, attached, port, args, seconds):
-    """A pgbench run while `tool` (a command that stops on SIGINT) watches the pooler; `attached()` says when it
-    has started watching. Returns pgbench's transaction count, or None when pgbench failed."""
+def watched(tool, attached, run):
+    """`run()` while `tool` (a command that stops on SIGINT) watches the pooler; `attached()` says when it has
+    started watching. Returns what `run()` returns."""
     watcher = subprocess.Popen(tool, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     CHILDREN.append(watcher)
     # Counting before the tool has attached would miss part of the run.
     deadline = time.monotonic() + 10
     while watcher.poll() is None and not attached() and time.monotonic() < deadline:
         time.sleep(0.05)
-    run = pgbench(port, args, seconds)
-    stdout, _ = run.communicate()
+    result = run()
     watcher.send_signal(signal.SIGINT)
     watcher.wait(120)
+    return result
+
+
+def transactions(port, args, seconds):
+    """Runs pgbench; its transaction count, or None when it failed."""
+    run = pgbench(port, args, seconds)
+    stdout, _ = run.communicate()
     txs = re.search(TRANSACTIONS, stdout)
     return int(txs.group(1)) if run.returncode == 0 and txs else None
 
 
-def syscalls_per_tx(pooler_pid, port, args, seconds, work):
-    """System calls per transaction the pooler makes, counted by `strace -c -f` (which slows it down: these runs
-    give counts, never speed)."""
+def syscalls_per(pooler_pid, work, run):
+    """System calls the pooler makes per unit of `run()` (which returns how many units it ran, or None), counted
+    by `strace -c -f`, which slows it down: these runs give counts, never speed."""
     out = os.path.join(work, "strace.txt")
     # strace writes its table to `out` only when it stops; it is attached once the pooler's threads show in /proc
     # as traced (TracerPid).
     traced = lambda: all(tracer_of(pooler_pid, tid) for tid in os.listdir(f"/proc/{pooler_pid}/task"))
-    n = watched(["strace", "-c", "-f", "-p", str(pooler_pid), "-o", out], traced, port, args, seconds)
+    n = watched(["strace", "-c", "-f", "-p", str(pooler_pid), "-o", out], traced, run)
     calls = {}
     with open(out) as f:
         for line in f:
@@ -366,7 +375,8 @@ def profile_per_tx(pooler_pid, port, args, seconds, work):
     out = os.path.join(work, "perf.data")
     tool = ["perf", "record", "-q", "-e", "cpu-clock", "-g", "-p", str(pooler_pid), "-o", out]
     (u0, s0) = cpu_split(pooler_pid)
-    n = watched(tool, lambda: os.path.exists(out) and os.path.getsize(out) > 0, port, args, seconds)
+    n = watched(tool, lambda: os.path.exists(out) and os.path.getsize(out) > 0,
+                lambda: transactions(port, args, seconds))
     (u1, s1) = cpu_split(pooler_pid)
     report = lambda *how: subprocess.run(["perf", "report", "-i", out, "--stdio", "-g", "none", *how],
                                          capture_output=True, text=True).stdout
@@ -390,6 +400,11 @@ def profile_per_tx(pooler_pid, port, args, seconds, work):
 
 # Handshakes in flight in the login runs; the storm run has every client connect at once.
 LOGINS_IN_FLIGHT = 64
+
+# The database users of each login kind: bench's password is stored for SCRAM, bench_md5's as an md5 hash.
+LOGIN_USERS = {"scram": "bench", "md5": "bench_md5"}
+# Logins counted under strace with --syscalls.
+SYSCALL_LOGINS = 2000
 
 LOGIN_FIELDS = ("errors", "logins_per_s", "p50_ms", "p99_ms", "cpu_us_per_login", "bytes_per_client",
                 "idle_cpu_ms", "sample_failures")
@@ -427,7 +442,7 @@ def main():
     ap.add_argument("--idle-secs", type=int, default=60,
                     help="pooler CPU is measured while the largest SCRAM run sits idle this long")
     ap.add_argument("--syscalls", action="store_true",
-                    help="also count each pooler's system calls per select-only transaction under strace")
+                    help="also count each pooler's system calls per select-only transaction and per login under strace")
     ap.add_argument("--profile", action="store_true",
                     help="also split each pooler's CPU per select-only transaction by where perf samples it")
     ap.add_argument("--out", default=None, help="also write the markdown report here")
@@ -482,26 +497,38 @@ def main():
                 print(f"{cell:22} {name:22} tps {r['tps']:9.0f}  pooler {r['pooler']:6.1f} us/tx  "
                       f"other {r['other']:4.1f}%", file=sys.stderr)
     traced = []
-    for mode in a.modes.split(",") if a.syscalls else []:
+    for mode in [m for m in a.modes.split(",") if m] if a.syscalls else []:
         for name, proc, port in poolers:
-            per_tx = syscalls_per_tx(proc.pid, port, select_only(mode, a.clients), 5, work)
-            traced.append((mode, name, per_tx))
+            per_tx = syscalls_per(proc.pid, work, lambda: transactions(port, select_only(mode, a.clients), 5))
+            traced.append((f"select-only {mode}", name, per_tx))
             print(f"syscalls select-only {mode:8} {name:22} "
                   f"{sum(per_tx.values()) if per_tx else float('nan'):.2f}/tx", file=sys.stderr)
     profiled = []
-    for mode in a.modes.split(",") if a.profile else []:
+    for mode in [m for m in a.modes.split(",") if m] if a.profile else []:
         for name, proc, port in poolers:
             parts = profile_per_tx(proc.pid, port, select_only(mode, a.clients), a.seconds, work)
             profiled.append((mode, name, parts))
             print(f"profile select-only {mode:8} {name:22} "
                   f"{parts['total'] if parts else float('nan'):.1f} us/tx", file=sys.stderr)
+    for auth in [x for x in a.auth.split(",") if x] if a.syscalls else []:
+        for name, start in starters:
+            proc, port = start()
+
+            def run():
+                logins(port, proc.pid, LOGIN_USERS[auth], SYSCALL_LOGINS, 0, LOGINS_IN_FLIGHT)
+                return SYSCALL_LOGINS
+            per_login = syscalls_per(proc.pid, work, run)
+            stop(proc)
+            traced.append((f"{auth} login", name, per_login))
+            print(f"syscalls {auth} login {name:22} {sum(per_login.values()) if per_login else float('nan'):.2f}",
+                  file=sys.stderr)
     counts = [int(n) for n in a.logins.split(",") if n]
     runs = [(auth, n, LOGINS_IN_FLIGHT) for auth in a.auth.split(",") if auth for n in counts]
     if a.storm:
         runs.append(("md5", a.storm, a.storm))
     login_rows = []
     for auth, n, in_flight in runs:
-        user = {"scram": "bench", "md5": "bench_md5"}[auth]
+        user = LOGIN_USERS[auth]
         idle_secs = a.idle_secs if auth == "scram" and n == max(counts, default=0) else 0
         for name, start in starters:
             # A fresh pooler per run: memory freed by an earlier crowd would be reused and hide the cost.
@@ -543,15 +570,18 @@ def main():
         if not name.startswith("pgbouncer") and mode in base and "error" not in r:
             lines.append(f"- {mode}: {name} uses {r['pooler'] / base[mode]:.2f}× PgBouncer's CPU per transaction")
     if traced:
-        lines += ["", f"System calls per select-only transaction, pgbench -c {a.clients} -j 2 -T 5 under "
-                  "`strace -c -f` (counts only: strace slows every pooler down).", "",
-                  "| mode | pooler | system calls per transaction | the most frequent |", "|---|---|---:|---|"]
-        for mode, name, per_tx in traced:
-            if per_tx is None:
-                lines.append(f"| {mode} | {name} | pgbench failed | |")
+        lines += ["", f"System calls under `strace -c -f` (counts only: strace slows every pooler down): per "
+                  f"select-only transaction, pgbench -c {a.clients} -j 2 -T 5; per login, {SYSCALL_LOGINS} clients "
+                  f"through a freshly started pooler, {LOGINS_IN_FLIGHT} handshakes in flight, everything the run "
+                  "costs (warm-up, a query on every fiftieth client, the closes) divided by the logins.", "",
+                  "| what | pooler | system calls per transaction or login | the most frequent |",
+                  "|---|---|---:|---|"]
+        for what, name, per in traced:
+            if per is None:
+                lines.append(f"| {what} | {name} | pgbench failed | |")
                 continue
-            top = sorted(per_tx.items(), key=lambda kv: -kv[1])[:4]
-            lines.append(f"| {mode} | {name} | {sum(per_tx.values()):.2f} | "
+            top = sorted(per.items(), key=lambda kv: -kv[1])[:5]
+            lines.append(f"| {what} | {name} | {sum(per.values()):.2f} | "
                          + ", ".join(f"{call} {n:.2f}" for call, n in top) + " |")
     if profiled:
         lines += ["", f"Where the pooler's CPU per select-only transaction goes: pgbench -c {a.clients} -j 2 "
