@@ -80,7 +80,8 @@ struct File {
     /// listen(2) backlog of each shard's listener (capped by net.core.somaxconn). Default 4096.
     #[serde(default = "default_backlog")]
     listen_backlog: u32,
-    /// Seconds a client may take from connect to logged in before it is closed. Default 60.
+    /// Seconds a client may take from connect to logged in before it is closed (checked on the shard's
+    /// one-second tick, so up to a second later). Default 60.
     #[serde(default = "secs::<60>", deserialize_with = "seconds")]
     client_login_timeout: Duration,
     /// Seconds a client may pause in the middle of a message it started sending; a client that stalls longer is

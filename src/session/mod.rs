@@ -98,10 +98,10 @@ async fn say_fatal(stream: &mut TcpStream, fatal: &Fatal) {
 
 /// Serves one accepted client to the end.
 pub async fn serve(shard: Rc<Shard>, mut stream: TcpStream) {
-    let deadline = Instant::now() + shard.config().client_login_timeout;
     // Boxed: login's state is large and short-lived; inline it would size every client's task for good.
     let login = Box::pin(login::login(&shard, &mut stream));
-    let who = match Box::pin(crate::shard::until(deadline, login)).await {
+    let limit = shard.config().client_login_timeout;
+    let who = match shard.parking.within(limit, login).await {
         Some(Ok(login::Outcome::Session(who))) => who,
         Some(Ok(login::Outcome::Cancelled)) => return,
         Some(Err(fatal)) => {

@@ -200,7 +200,7 @@ impl<'a> Relay<'a> {
                 let idle = self
                     .shard
                     .parking
-                    .idle_for(self.shard.config().client_park_after, &self.asked);
+                    .after(self.shard.config().client_park_after, &self.asked);
                 let idled = async {
                     idle.await;
                     None
