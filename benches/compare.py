@@ -423,6 +423,17 @@ def logins(port, pooler_pid, user, n, idle_secs, in_flight):
     return {k: float(found[k]) for k in LOGIN_FIELDS}
 
 
+def markdown_table(intro, columns, rows):
+    """Report lines: a blank line, `intro`, a blank line and a table. `columns` are (title, "<" or ">" for
+    alignment); a row with fewer cells than columns (a failed run, its reason last) is padded with empty ones."""
+    lines = ["", intro, "", "| " + " | ".join(title for title, _ in columns) + " |",
+             "|" + "|".join("---" if align == "<" else "---:" for _, align in columns) + "|"]
+    for cells in rows:
+        cells = [str(c) for c in cells] + [""] * (len(columns) - len(cells))
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--seconds", type=int, default=20)
@@ -549,65 +560,64 @@ def main():
             rows.append((cell, name, r))
             said = r["error"] if "error" in r else f"tps {r['tps']:9.0f}  p99 {r['p99']:.1f} ms  failed {r['failed']}"
             print(f"{cell:22} {name:22} {said}", file=sys.stderr)
-    lines = [f"pgbench -n -f pgbench-scripts/<workload>.sql -M <mode> -c {a.clients} -j 2 -T {a.seconds} (5 s warm-up "
-             f"not recorded; -j {a.clients} where marked), pool_size {a.pool_size}, transaction pooling, "
-             f"PostgreSQL 15 scale 10, {os.cpu_count()} CPUs.", "",
-             "| workload, mode | pooler | tps | avg latency ms | p99 latency ms | failed | pooler CPU µs/tx "
-             "| PostgreSQL CPU µs/tx | pgbench CPU µs/tx | other CPU % | pooler RSS MiB |",
-             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    matrix = []
     for cell, name, r in rows:
         label = cell + (f" (-j {r['threads']})" if r["threads"] != 2 else "")
         if "error" in r:
-            lines.append(f"| {label} | {name} | pgbench failed: {r['error']} | | | | | | | | |")
+            matrix.append([label, name, f"pgbench failed: {r['error']}"])
             continue
         flag = " (busy host)" if r["other"] > 10 else ""
-        lines.append(f"| {label} | {name} | {r['tps']:.0f} | {r['lat']:.2f} | {r['p99']:.2f} | {r['failed']} | "
-                     f"{r['pooler']:.1f} | {r['postgres']:.1f} | {r['pgbench']:.1f} | {r['other']:.1f}{flag} | "
-                     f"{r['rss'] / 2**20:.1f} |")
+        matrix.append([label, name, f"{r['tps']:.0f}", f"{r['lat']:.2f}", f"{r['p99']:.2f}", r["failed"],
+                       f"{r['pooler']:.1f}", f"{r['postgres']:.1f}", f"{r['pgbench']:.1f}", f"{r['other']:.1f}{flag}",
+                       f"{r['rss'] / 2**20:.1f}"])
+    lines = markdown_table(
+        f"pgbench -n -f pgbench-scripts/<workload>.sql -M <mode> -c {a.clients} -j 2 -T {a.seconds} (5 s warm-up "
+        f"not recorded; -j {a.clients} where marked), pool_size {a.pool_size}, transaction pooling, PostgreSQL 15 "
+        f"scale 10, {os.cpu_count()} CPUs.",
+        [("workload, mode", "<"), ("pooler", "<"), ("tps", ">"), ("avg latency ms", ">"), ("p99 latency ms", ">"),
+         ("failed", ">"), ("pooler CPU µs/tx", ">"), ("PostgreSQL CPU µs/tx", ">"), ("pgbench CPU µs/tx", ">"),
+         ("other CPU %", ">"), ("pooler RSS MiB", ">")], matrix)[1:]
     base = {mode: r["pooler"] for mode, name, r in rows if name.startswith("pgbouncer") and "error" not in r}
     lines.append("")
     for mode, name, r in rows:
         if not name.startswith("pgbouncer") and mode in base and "error" not in r:
             lines.append(f"- {mode}: {name} uses {r['pooler'] / base[mode]:.2f}× PgBouncer's CPU per transaction")
     if traced:
-        lines += ["", f"System calls under `strace -c -f` (counts only: strace slows every pooler down): per "
-                  f"select-only transaction, pgbench -c {a.clients} -j 2 -T 5; per login, {SYSCALL_LOGINS} clients "
-                  f"through a freshly started pooler, {LOGINS_IN_FLIGHT} handshakes in flight, everything the run "
-                  "costs (warm-up, a query on every fiftieth client, the closes) divided by the logins.", "",
-                  "| what | pooler | system calls per transaction or login | the most frequent |",
-                  "|---|---|---:|---|"]
-        for what, name, per in traced:
-            if per is None:
-                lines.append(f"| {what} | {name} | pgbench failed | |")
-                continue
-            top = sorted(per.items(), key=lambda kv: -kv[1])[:5]
-            lines.append(f"| {what} | {name} | {sum(per.values()):.2f} | "
-                         + ", ".join(f"{call} {n:.2f}" for call, n in top) + " |")
+        lines += markdown_table(
+            f"System calls under `strace -c -f` (counts only: strace slows every pooler down): per select-only "
+            f"transaction, pgbench -c {a.clients} -j 2 -T 5; per login, {SYSCALL_LOGINS} clients through a freshly "
+            f"started pooler, {LOGINS_IN_FLIGHT} handshakes in flight, everything the run costs (warm-up, a query on "
+            "every fiftieth client, the closes) divided by the logins.",
+            [("what", "<"), ("pooler", "<"), ("system calls per transaction or login", ">"),
+             ("the most frequent", "<")],
+            [[what, name, "the run failed"] if per is None else
+             [what, name, f"{sum(per.values()):.2f}",
+              ", ".join(f"{call} {n:.2f}" for call, n in sorted(per.items(), key=lambda kv: -kv[1])[:5])]
+             for what, name, per in traced])
     if profiled:
-        lines += ["", f"Where the pooler's CPU per select-only transaction goes: pgbench -c {a.clients} -j 2 "
-                  f"-T {a.seconds} with the pooler under `perf record -e cpu-clock -g` (separate runs); µs per "
-                  "transaction from /proc over the run, split by perf's shares. On loopback, sendto also does the "
-                  "receiving socket's TCP work and wakes its reader.", "",
-                  "| mode | pooler | µs/tx | in sendto | in recvfrom | elsewhere in the kernel | user space |",
-                  "|---|---|---:|---:|---:|---:|---:|"]
-        for mode, name, parts in profiled:
-            if parts is None:
-                lines.append(f"| {mode} | {name} | pgbench failed | | | | |")
-                continue
-            lines.append(f"| {mode} | {name} | {parts['total']:.1f} | {parts['sendto']:.1f} | "
-                         f"{parts['recvfrom']:.1f} | {parts['other kernel']:.1f} | {parts['user space']:.1f} |")
+        lines += markdown_table(
+            f"Where the pooler's CPU per select-only transaction goes: pgbench -c {a.clients} -j 2 -T {a.seconds} "
+            "with the pooler under `perf record -e cpu-clock -g` (separate runs); µs per transaction from /proc "
+            "over the run, split by perf's shares. On loopback, sendto also does the receiving socket's TCP work "
+            "and wakes its reader.",
+            [("mode", "<"), ("pooler", "<"), ("µs/tx", ">"), ("in sendto", ">"), ("in recvfrom", ">"),
+             ("elsewhere in the kernel", ">"), ("user space", ">")],
+            [[mode, name, "pgbench failed"] if parts is None else
+             [mode, name] + [f"{parts[k]:.1f}" for k in ("total", "sendto", "recvfrom", "other kernel", "user space")]
+             for mode, name, parts in profiled])
     if login_rows:
-        lines += ["", "Logins and idle clients: benches/logins.rs, N clients from 8 loopback source addresses with at "
-                  "most the given number of handshakes in flight; bytes per idle client = pooler RSS growth / N, "
-                  "3 s after the last login, server pool already warm.", "",
-                  "| auth | clients | in flight | pooler | logins/s | handshake p50 ms | p99 ms | pooler CPU µs/login "
-                  "| bytes per idle client | idle CPU ms (over s) | errors | sample failures |",
-                  "|---|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
-        for auth, n, in_flight, name, r, idle_secs in login_rows:
-            idle = f"{r['idle_cpu_ms']:.0f} ({idle_secs} s)" if idle_secs else ""
-            lines.append(f"| {auth} | {n} | {in_flight} | {name} | {r['logins_per_s']:.0f} | {r['p50_ms']:.2f} | "
-                         f"{r['p99_ms']:.2f} | {r['cpu_us_per_login']:.1f} | {r['bytes_per_client']:.0f} | {idle} | "
-                         f"{r['errors']:.0f} | {r['sample_failures']:.0f} |")
+        lines += markdown_table(
+            "Logins and idle clients: benches/logins.rs, N clients from 8 loopback source addresses with at most "
+            "the given number of handshakes in flight; bytes per idle client = pooler RSS growth / N, 3 s after the "
+            "last login, server pool already warm.",
+            [("auth", "<"), ("clients", ">"), ("in flight", ">"), ("pooler", "<"), ("logins/s", ">"),
+             ("handshake p50 ms", ">"), ("p99 ms", ">"), ("pooler CPU µs/login", ">"), ("bytes per idle client", ">"),
+             ("idle CPU ms (over s)", ">"), ("errors", ">"), ("sample failures", ">")],
+            [[auth, n, in_flight, name, f"{r['logins_per_s']:.0f}", f"{r['p50_ms']:.2f}", f"{r['p99_ms']:.2f}",
+              f"{r['cpu_us_per_login']:.1f}", f"{r['bytes_per_client']:.0f}",
+              f"{r['idle_cpu_ms']:.0f} ({idle_secs} s)" if idle_secs else "", f"{r['errors']:.0f}",
+              f"{r['sample_failures']:.0f}"]
+             for auth, n, in_flight, name, r, idle_secs in login_rows])
     report = "\n".join(lines)
     print(report)
     if a.out:
