@@ -20,6 +20,7 @@ use glommio::net::TcpStream;
 
 use crate::proto::message::ErrorFields;
 use crate::proto::{encode, sqlstate};
+use crate::shard::parking::Asked;
 use crate::shard::{Admission, Shard};
 use crate::{debug, info};
 
@@ -101,7 +102,8 @@ pub async fn serve(shard: Rc<Shard>, mut stream: TcpStream) {
     // Boxed: login's state is large and short-lived; inline it would size every client's task for good.
     let login = Box::pin(login::login(&shard, &mut stream));
     let limit = shard.config().client_login_timeout;
-    let who = match shard.parking.within(limit, login).await {
+    let asked = Asked::default();
+    let who = match shard.parking.within(limit, &asked, login).await {
         Some(Ok(login::Outcome::Session(who))) => who,
         Some(Ok(login::Outcome::Cancelled)) => return,
         Some(Err(fatal)) => {

@@ -197,15 +197,8 @@ impl<'a> Relay<'a> {
                     }
                 }
             } else if parkable {
-                let idle = self
-                    .shard
-                    .parking
-                    .after(self.shard.config().client_park_after, &self.asked);
-                let idled = async {
-                    idle.await;
-                    None
-                };
-                match futures_lite::future::or(async { Some(io.await) }, idled).await {
+                let park_after = self.shard.config().client_park_after;
+                match self.shard.parking.within(park_after, &self.asked, io).await {
                     Some(event) => event,
                     None => return Ok(Exit::Park),
                 }

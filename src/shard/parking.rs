@@ -102,7 +102,7 @@ impl Lot {
     /// Resolves once `after` has passed, measured in whole ticks (so between `after` and `after` + one tick).
     /// Dropped early (the idle client stirred, the login ended), it may leave a waker that wakes its task once,
     /// harmlessly.
-    pub fn after<'a>(&'a self, after: Duration, asked: &'a Asked) -> TickTimer<'a> {
+    fn after<'a>(&'a self, after: Duration, asked: &'a Asked) -> TickTimer<'a> {
         let ticks = after.as_nanos().div_ceil(TICK.as_nanos()).max(1) as u64;
         TickTimer {
             lot: self,
@@ -111,10 +111,16 @@ impl Lot {
         }
     }
 
-    /// `fut`'s output, or `None` if `limit` (measured in ticks, as by [`Lot::after`]) passes first.
-    pub async fn within<T>(&self, limit: Duration, fut: impl Future<Output = T>) -> Option<T> {
-        let asked = Asked::default();
-        let expired = self.after(limit, &asked);
+    /// `fut`'s output, or `None` if `limit` (measured in ticks, as by [`Lot::after`]) passes first. `asked` may
+    /// outlive the call: a client that waits again and again (an idle client between transactions) then asks
+    /// to be woken once per tick at most.
+    pub async fn within<T>(
+        &self,
+        limit: Duration,
+        asked: &Asked,
+        fut: impl Future<Output = T>,
+    ) -> Option<T> {
+        let expired = self.after(limit, asked);
         futures_lite::future::or(async { Some(fut.await) }, async {
             expired.await;
             None
