@@ -95,10 +95,15 @@ def wait_port(port, proc, what):
     sys.exit(f"{what} did not start listening on {port}")
 
 
-def cpu_ticks(pid):
-    """utime + stime of a whole process (all threads), in clock ticks."""
+def stat_fields(pid):
+    """The fields of /proc/PID/stat after the command name (state first)."""
     with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
+        return f.read().rsplit(")", 1)[1].split()
+
+
+def cpu_ticks(pid, fields=None):
+    """utime + stime of a whole process (all threads), in clock ticks."""
+    fields = fields or stat_fields(pid)
     return int(fields[11]) + int(fields[12])
 
 
@@ -107,10 +112,9 @@ def postgres_ticks(postmaster):
     for pid in os.listdir("/proc"):
         if pid.isdigit():
             try:
-                with open(f"/proc/{pid}/stat") as f:
-                    fields = f.read().rsplit(")", 1)[1].split()
+                fields = stat_fields(pid)
                 if int(fields[1]) == postmaster:
-                    total += int(fields[11]) + int(fields[12])
+                    total += cpu_ticks(pid, fields)
             except OSError:
                 pass
     return total
@@ -356,13 +360,6 @@ def tracer_of(pid, tid):
         return 0
 
 
-def cpu_split(pid):
-    """utime and stime of a whole process, in clock ticks."""
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return int(fields[11]), int(fields[12])
-
-
 # Where a pooler's CPU goes, as kernel functions perf samples inside: moving the bytes (the two system calls
 # every pooler makes per message) and the rest.
 PROFILE_PARTS = (("sendto", "__sys_sendto"), ("recvfrom", "__sys_recvfrom"))
@@ -374,10 +371,10 @@ def profile_per_tx(pooler_pid, port, args, seconds, work):
     µs come from /proc over the same run; perf gives the shares."""
     out = os.path.join(work, "perf.data")
     tool = ["perf", "record", "-q", "-e", "cpu-clock", "-g", "-p", str(pooler_pid), "-o", out]
-    (u0, s0) = cpu_split(pooler_pid)
+    t0 = cpu_ticks(pooler_pid)
     n = watched(tool, lambda: os.path.exists(out) and os.path.getsize(out) > 0,
                 lambda: transactions(port, args, seconds))
-    (u1, s1) = cpu_split(pooler_pid)
+    t1 = cpu_ticks(pooler_pid)
     report = lambda *how: subprocess.run(["perf", "report", "-i", out, "--stdio", "-g", "none", *how],
                                          capture_output=True, text=True).stdout
     callers = report("--children", "--sort", "sym")
@@ -385,7 +382,7 @@ def profile_per_tx(pooler_pid, port, args, seconds, work):
     os.remove(out)
     if not n:
         return None
-    us = ((u1 - u0) + (s1 - s0)) / CLK_TCK * 1e6 / n
+    us = (t1 - t0) / CLK_TCK * 1e6 / n
     share = {}
     for part, symbol in PROFILE_PARTS:
         found = re.search(r"^\s*([\d.]+)%\s+[\d.]+%\s+\[k\] " + symbol + "$", callers, re.M)
