@@ -5,6 +5,8 @@
 
 pub mod auth;
 pub mod config;
+#[cfg(test)]
+pub mod fuzzing;
 pub mod host;
 pub mod log;
 pub mod net;
