@@ -8,6 +8,7 @@ pub mod config;
 #[cfg(test)]
 pub mod fuzzing;
 pub mod host;
+pub mod isolation;
 pub mod log;
 pub mod net;
 pub mod pool;

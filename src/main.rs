@@ -45,12 +45,8 @@ fn main() -> ExitCode {
         pgherd::shard::check(&config);
         return ExitCode::SUCCESS;
     }
-    // A panic leaves a shard's state undefined: stop the whole process so a supervisor restarts it.
-    let default_hook = std::panic::take_hook();
-    std::panic::set_hook(Box::new(move |info| {
-        default_hook(info);
-        std::process::abort();
-    }));
+    // A panic ends the one client (or task) it happened in, not the process: see src/isolation.rs.
+    pgherd::isolation::install_panic_hook();
     match pgherd::shard::start(config) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

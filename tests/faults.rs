@@ -628,3 +628,19 @@ async fn client_sockets_have_keepalive_so_vanished_peers_are_found() {
     };
     assert!(minutes <= 5.0, "first keepalive probe due in {due}: {text}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_is_logged_and_ignored() {
+    let Fixture { pg: _pg, mut herd } = fixture("transaction", 2, "workers = 2");
+    let before = connect(herd.port, "app", "secret", "app").await;
+    herd.signal(libc::SIGHUP);
+    herd.wait_for_log("received SIGHUP: ignored", Duration::from_secs(5));
+    assert_eq!(
+        herd.wait_exit(Duration::from_millis(300)),
+        None,
+        "still running"
+    );
+    assert_eq!(value::<i32>(&before, "SELECT 7").await, 7);
+    let after = connect(herd.port, "app", "secret", "app").await;
+    assert_eq!(value::<i32>(&after, "SELECT 8").await, 8);
+}

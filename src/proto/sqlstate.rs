@@ -11,3 +11,5 @@ pub const ADMIN_SHUTDOWN: &str = "57P01";
 pub const CANNOT_CONNECT_NOW: &str = "57P03";
 pub const FEATURE_NOT_SUPPORTED: &str = "0A000";
 pub const INVALID_PARAMETER_VALUE: &str = "22023";
+pub const INTERNAL_ERROR: &str = "XX000";
+pub const CONFIGURATION_LIMIT_EXCEEDED: &str = "53400";

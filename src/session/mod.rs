@@ -47,6 +47,14 @@ impl Fatal {
         Fatal::new(sqlstate::PROTOCOL_VIOLATION, message)
     }
 
+    /// A bug panicked while serving this client: it alone is closed.
+    pub fn bug(panic: String) -> Fatal {
+        Fatal::new(
+            sqlstate::INTERNAL_ERROR,
+            format!("internal error in pgherd, this connection is closed: {panic}"),
+        )
+    }
+
     pub fn shutdown() -> Fatal {
         Fatal::new(
             sqlstate::ADMIN_SHUTDOWN,
@@ -100,13 +108,18 @@ async fn say_fatal(stream: &mut TcpStream, fatal: &Fatal) {
 /// Serves one accepted client to the end.
 pub async fn serve(shard: Rc<Shard>, mut stream: TcpStream) {
     // Boxed: login's state is large and short-lived; inline it would size every client's task for good.
-    let login = Box::pin(login::login(&shard, &mut stream));
+    let login = Box::pin(crate::isolation::catch(login::login(&shard, &mut stream)));
     let limit = shard.config().client_login_timeout;
     let asked = Asked::default();
     let who = match shard.parking.within(limit, &asked, login).await {
-        Some(Ok(login::Outcome::Session(who))) => who,
-        Some(Ok(login::Outcome::Cancelled)) => return,
-        Some(Err(fatal)) => {
+        Some(Ok(Ok(login::Outcome::Session(who)))) => who,
+        Some(Ok(Ok(login::Outcome::Cancelled))) => return,
+        Some(Err(panic)) => {
+            let fatal = Fatal::bug(panic);
+            crate::error!("client {}: {fatal}", Peer(&stream));
+            return Box::pin(say_fatal(&mut stream, &fatal)).await;
+        }
+        Some(Ok(Err(fatal))) => {
             if !matches!(fatal, Fatal::Gone) {
                 info!("client {}: login failed: {fatal}", Peer(&stream));
             }
@@ -209,8 +222,10 @@ async fn leave(shard: &Shard, mut stream: TcpStream, admission: Admission, pid: 
     shard.clients.unregister(pid);
     drop(admission);
     if let Fatal::Error { code, message } = &fatal {
-        if *code == sqlstate::PROTOCOL_VIOLATION {
-            info!("client {}: {message}", Peer(&stream));
+        match *code {
+            sqlstate::PROTOCOL_VIOLATION => info!("client {}: {message}", Peer(&stream)),
+            sqlstate::INTERNAL_ERROR => crate::error!("client {}: {code} {message}", Peer(&stream)),
+            _ => {}
         }
     }
     Box::pin(say_fatal(&mut stream, &fatal)).await;

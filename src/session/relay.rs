@@ -35,6 +35,11 @@ const MAX_WHOLE_SERVER_MESSAGE: usize = 8 * 1024;
 /// client (see `pinning`). Below the largest buffer, so such a message always fits.
 const MAX_SCANNED_SQL: usize = 48 * 1024;
 
+/// With the `fault-injection` feature (tests only, never in a release build): a Query of exactly this text
+/// panics in the relay while the client holds a server, to show that the panic ends that client alone.
+#[cfg(feature = "fault-injection")]
+const INJECT_PANIC: &[u8] = b"SELECT 'pgherd: inject a panic'\0";
+
 // Every await off the steady path (flushes, cleanup, server loss, leasing) is boxed: an async fn's state is as
 // large as its largest await, and it is the task's size for as long as the client is connected.
 
@@ -150,10 +155,15 @@ impl<'a> Relay<'a> {
     /// session, which it then hands back to be parked. When it leaves, the server, if any, is cleaned and
     /// returned or closed.
     pub async fn run(mut self, client: &mut TcpStream) -> Result<Option<Session>, Fatal> {
-        let result = match self.relay(client).await {
-            Ok(Exit::Park) => return Ok(Some(self.session)),
-            Ok(Exit::Left) => Ok(()),
-            Err(fatal) => Err(fatal),
+        let result = match crate::isolation::catch(self.relay(client)).await {
+            Ok(Ok(Exit::Park)) => return Ok(Some(self.session)),
+            Ok(Ok(Exit::Left)) => Ok(()),
+            Ok(Err(fatal)) => Err(fatal),
+            Err(panic) => {
+                // The server's protocol state is unknown after a bug: closed, never reused.
+                self.drop_server();
+                Err(Fatal::bug(panic))
+            }
         };
         if !self.pins.is_empty() && self.mode != PoolMode::Session {
             self.shard.shared.pinned.fetch_sub(1, Ordering::Relaxed);
@@ -363,6 +373,10 @@ impl<'a> Relay<'a> {
                 }
                 Action::Pass => (5, None),
             };
+            #[cfg(feature = "fault-injection")]
+            if body == Some(INJECT_PANIC) {
+                panic!("fault injected by the client");
+            }
             self.client_message(tag, effects)?;
             if self.terminated {
                 // Terminate itself and anything after it are not forwarded.
@@ -614,23 +628,26 @@ impl<'a> Relay<'a> {
     /// The server could not say or take the client's settings: it is closed, and so is the client, whose
     /// session can no longer be what it asked for.
     fn settings_unknown(&mut self) -> Fatal {
-        self.server = None;
-        self.shard.clients.set_server(self.session.pid, None);
-        self.session.statements.left_server();
-        self.shard.server_gone(self.session.key);
+        self.drop_server();
         Fatal::new(
             sqlstate::CONNECTION_FAILURE,
             "could not carry the session's settings over",
         )
     }
 
+    /// Closes the client's server, if any, and gives its unit of pool budget back.
+    fn drop_server(&mut self) {
+        if self.server.take().is_some() {
+            self.shard.clients.set_server(self.session.pid, None);
+            self.session.statements.left_server();
+            self.shard.server_gone(self.session.key);
+        }
+    }
+
     /// The server closed or failed under the client: pass on what it said, then close the client as
     /// PostgreSQL would have.
     async fn server_lost(&mut self, client: &mut TcpStream) -> Result<(), Fatal> {
-        self.server = None;
-        self.session.statements.left_server();
-        self.shard.clients.set_server(self.session.pid, None);
-        self.shard.server_gone(self.session.key);
+        self.drop_server();
         self.flush_to_client(client).await;
         if self.last_server_tag == b'E' {
             Err(Fatal::Gone)

@@ -46,14 +46,13 @@ pub fn send(peers: &Rc<Senders<Msg>>, to: usize, msg: Msg) {
     };
     if msg.must_arrive() {
         let peers = peers.clone();
-        glommio::spawn_local(async move {
+        crate::isolation::spawn("a message to another shard", async move {
             if let Err(e) = peers.send_to(to, msg).await {
                 crate::error!(
                     "cannot reach shard {to}: {e}; a pool budget unit is lost until restart"
                 );
             }
-        })
-        .detach();
+        });
     } else {
         crate::debug!("channel to shard {to} is full; dropping a cancel request");
     }

@@ -63,11 +63,10 @@ impl Drop for Running<'_> {
 /// Spawns a client's task (a login, or a parked client that woke), counted in `shard.tasks`.
 pub fn spawn_client(shard: &Rc<Shard>, task: impl Future<Output = ()> + 'static) {
     let shard = shard.clone();
-    glommio::spawn_local(async move {
+    crate::isolation::spawn("a client task", async move {
         let _running = shard.tasks.start();
         task.await
-    })
-    .detach();
+    });
 }
 
 #[cfg(test)]

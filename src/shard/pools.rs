@@ -435,13 +435,12 @@ impl Shard {
             }
             while self.pool(key, |p| p.core.warm_up(min)) {
                 let shard = self.clone();
-                glommio::spawn_local(async move {
+                crate::isolation::spawn("a min_pool_size connection", async move {
                     let deadline = Instant::now() + shard.config().server_connect_timeout;
                     if let Ok(server) = shard.connect(key, deadline).await {
                         shard.release(key, server);
                     }
-                })
-                .detach();
+                });
             }
         }
     }

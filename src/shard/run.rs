@@ -104,7 +104,14 @@ pub fn start(config: Config) -> std::io::Result<()> {
     std::thread::Builder::new()
         .name("signals".into())
         .spawn(move || {
-            let signal = wait_for(signals);
+            let signal = loop {
+                match wait_for(signals) {
+                    Signal::Hangup => warn!(
+                        "received SIGHUP: ignored, configuration reload is not supported yet; restart to apply changes"
+                    ),
+                    Signal::Stop(name) => break name,
+                }
+            };
             info!("received {signal}: no new clients; waiting for running transactions to finish");
             waiter.shutdown.store(true, Ordering::Relaxed);
             for stop in stops {
@@ -236,11 +243,10 @@ impl Shard {
 
     pub(super) fn cancel_client(&self, pid: u32, secret: u32) {
         if let Some(key) = self.clients.target(pid, secret) {
-            glommio::spawn_local(crate::server::cancel(
-                key,
-                self.config().server_connect_timeout,
-            ))
-            .detach();
+            crate::isolation::spawn(
+                "a cancel request",
+                crate::server::cancel(key, self.config().server_connect_timeout),
+            );
         }
     }
 }
@@ -253,7 +259,8 @@ fn stop_signal() -> std::io::Result<(OwnedFd, OwnedFd)> {
     Ok((stop, here))
 }
 
-/// Blocks SIGINT and SIGTERM in this thread and every thread started after, so only `wait_for` sees them.
+/// Blocks SIGINT, SIGTERM and SIGHUP in this thread and every thread started after, so only `wait_for` sees
+/// them. SIGHUP is what `systemctl reload` and operators' habits send: it must never end the process.
 fn block_signals() -> libc::sigset_t {
     // SAFETY: plain signal-mask calls on a local, initialised set.
     unsafe {
@@ -261,19 +268,26 @@ fn block_signals() -> libc::sigset_t {
         libc::sigemptyset(&mut set);
         libc::sigaddset(&mut set, libc::SIGINT);
         libc::sigaddset(&mut set, libc::SIGTERM);
+        libc::sigaddset(&mut set, libc::SIGHUP);
         libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
         set
     }
 }
 
-fn wait_for(set: libc::sigset_t) -> &'static str {
+enum Signal {
+    Hangup,
+    /// SIGINT or SIGTERM, by name.
+    Stop(&'static str),
+}
+
+fn wait_for(set: libc::sigset_t) -> Signal {
     let mut signal = 0;
     // SAFETY: `set` holds blocked signals; sigwait writes the one received.
     unsafe { libc::sigwait(&set, &mut signal) };
-    if signal == libc::SIGINT {
-        "SIGINT"
-    } else {
-        "SIGTERM"
+    match signal {
+        libc::SIGHUP => Signal::Hangup,
+        libc::SIGINT => Signal::Stop("SIGINT"),
+        _ => Signal::Stop("SIGTERM"),
     }
 }
 
