@@ -115,6 +115,38 @@ struct File {
     /// recently used is closed, and prepared again if a client needs it. Must be at least 1. Default 200.
     #[serde(default = "default_max_prepared_statements")]
     max_prepared_statements: usize,
+    /// Named prepared statements pgherd carries for one transaction-mode client. A client past it (or past
+    /// `max_client_statement_bytes`) keeps its server from then on: its further statements are prepared there
+    /// under its own names, the pin is logged, and DEALLOCATE ALL or DISCARD ALL lets it go. Default 1000.
+    #[serde(default = "default_max_client_statements")]
+    max_client_statements: usize,
+    /// Bytes of statement text (with parameter types) pgherd carries for one transaction-mode client; past it,
+    /// as past `max_client_statements`. Default 4194304 (4 MiB).
+    #[serde(default = "default_max_client_statement_bytes")]
+    max_client_statement_bytes: usize,
+    /// Settings (startup parameters and what SET, RESET and set_config changed) pgherd carries for one
+    /// transaction-mode client to each server it uses. A client past it (or past `max_client_settings_bytes`)
+    /// keeps its server until RESET ALL or DISCARD ALL; the pin is logged. Default 2000.
+    #[serde(default = "default_max_client_settings")]
+    max_client_settings: usize,
+    /// Bytes of setting names and values pgherd carries for one client; past it, as past
+    /// `max_client_settings`. Default 1048576 (1 MiB): a 64 KB JWT in a custom setting fits many times.
+    #[serde(default = "default_max_client_settings_bytes")]
+    max_client_settings_bytes: usize,
+    /// Connections still logging in (startup packet, authentication) on each shard. More are refused at once
+    /// with SQLSTATE 53300; logged-in clients count only against max_client_conn and the per-database and
+    /// per-user limits. With client_login_timeout it bounds what a flood of stalled logins can hold.
+    /// Default 10000.
+    #[serde(default = "default_max_logins_per_shard")]
+    max_logins_per_shard: usize,
+    /// Lookups of user names (found or not) that `auth_query` keeps, least recently used dropped first.
+    /// Default 10000.
+    #[serde(default = "default_auth_query_cache_size")]
+    auth_query_cache_size: usize,
+    /// Connections each shard keeps per database for `auth_query` lookups; lookups beyond that wait for one
+    /// (within server_connect_timeout). Default 2.
+    #[serde(default = "default_auth_query_connections")]
+    auth_query_connections: usize,
     /// Query run on a server when a session-mode client leaves. Default "DISCARD ALL"; "" runs nothing.
     #[serde(default = "default_reset_query")]
     server_reset_query: String,
@@ -192,6 +224,27 @@ fn default_backlog() -> u32 {
 fn default_max_prepared_statements() -> usize {
     200
 }
+fn default_max_client_statements() -> usize {
+    1000
+}
+fn default_max_client_statement_bytes() -> usize {
+    4 << 20
+}
+fn default_max_client_settings() -> usize {
+    2000
+}
+fn default_max_client_settings_bytes() -> usize {
+    1 << 20
+}
+fn default_max_logins_per_shard() -> usize {
+    10_000
+}
+fn default_auth_query_cache_size() -> usize {
+    10_000
+}
+fn default_auth_query_connections() -> usize {
+    2
+}
 fn default_reset_query() -> String {
     "DISCARD ALL".into()
 }
@@ -241,6 +294,11 @@ pub struct Config {
     pub server_lifetime: Duration,
     pub server_reset_query: String,
     pub max_prepared_statements: usize,
+    pub max_client_statements: usize,
+    pub max_client_statement_bytes: usize,
+    pub max_client_settings: usize,
+    pub max_client_settings_bytes: usize,
+    pub max_logins_per_shard: usize,
     pub shutdown_timeout: Duration,
     pub stats_period: Duration,
     pub log_level: LogLevel,
@@ -253,6 +311,8 @@ pub struct Config {
     pub auth_user: Option<usize>,
     pub auth_query: String,
     pub auth_query_cache_ttl: Duration,
+    pub auth_query_cache_size: usize,
+    pub auth_query_connections: usize,
 }
 
 #[derive(Debug)]
@@ -368,6 +428,15 @@ impl Config {
                 "max_prepared_statements: must be at least 1".into(),
             ));
         }
+        for (key, value) in [
+            ("max_logins_per_shard", file.max_logins_per_shard),
+            ("auth_query_cache_size", file.auth_query_cache_size),
+            ("auth_query_connections", file.auth_query_connections),
+        ] {
+            if value == 0 {
+                return Err(fail(key, format!("{key}: must be at least 1")));
+            }
+        }
         let mut databases = Vec::new();
         for (name, d) in file.databases {
             let header = format!("[databases.{name}]");
@@ -422,6 +491,8 @@ impl Config {
             auth_user,
             auth_query: file.auth_query,
             auth_query_cache_ttl: file.auth_query_cache_ttl,
+            auth_query_cache_size: file.auth_query_cache_size,
+            auth_query_connections: file.auth_query_connections,
             listen: file.listen,
             workers: file.workers,
             max_client_conn: file.max_client_conn,
@@ -436,6 +507,11 @@ impl Config {
             server_lifetime: file.server_lifetime,
             server_reset_query: file.server_reset_query,
             max_prepared_statements: file.max_prepared_statements,
+            max_client_statements: file.max_client_statements,
+            max_client_statement_bytes: file.max_client_statement_bytes,
+            max_client_settings: file.max_client_settings,
+            max_client_settings_bytes: file.max_client_settings_bytes,
+            max_logins_per_shard: file.max_logins_per_shard,
             shutdown_timeout: file.shutdown_timeout,
             stats_period: file.stats_period,
             log_level: file.log_level,

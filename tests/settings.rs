@@ -145,3 +145,63 @@ async fn set_follows_its_client_across_servers_and_reset_returns_to_startup_valu
     assert_eq!(show(&a, "search_path").await, "\"$user\", public");
     assert_eq!(show(&a, "TimeZone").await, "Asia/Tokyo");
 }
+
+/// Closes the backend `pid` from PostgreSQL's side, so the client's next transaction needs another server.
+fn terminate(pg: &common::Postgres, pid: i32) {
+    pg.sql(&format!("SELECT pg_terminate_backend({pid})"));
+    common::wait_until(
+        std::time::Duration::from_secs(10),
+        "the backend is gone",
+        || {
+            pg.sql(&format!(
+                "SELECT count(*) FROM pg_stat_activity WHERE pid = {pid}"
+            )) == "0"
+        },
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_64_kb_value_and_a_thousand_custom_settings_follow_their_client() {
+    let Fixture { pg, herd } = fixture("transaction", 2, "workers = 1");
+    let a = connect_with(herd.port, "").await;
+    let jwt = "j".repeat(64 * 1024);
+    let mut sql = format!("SET app.jwt = '{jwt}'");
+    for i in 0..1000 {
+        sql.push_str(&format!("; SET app.s{i} = 'v{i}'"));
+    }
+    a.batch_execute(&sql).await.unwrap();
+    let first = backend_pid(&a).await;
+    terminate(&pg, first);
+    assert_ne!(backend_pid(&a).await, first);
+    assert_eq!(show(&a, "app.jwt").await, jwt);
+    assert_eq!(show(&a, "app.s0").await, "v0");
+    assert_eq!(show(&a, "app.s999").await, "v999");
+    let b = connect_with(herd.port, "").await;
+    let leaked: Option<String> = value(&b, "SELECT current_setting('app.s999', true)").await;
+    assert!(leaked.as_deref().is_none_or(str::is_empty), "{leaked:?}");
+    assert!(!herd.log().contains("keeps its server"), "{}", herd.log());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn settings_past_the_bound_keep_the_client_on_its_server_until_reset_all() {
+    let Fixture { pg: _pg, herd } =
+        fixture("transaction", 2, "workers = 1\nmax_client_settings = 10");
+    let a = connect_with(herd.port, "").await;
+    let b = connect_with(herd.port, "").await;
+    let sql: Vec<String> = (0..20).map(|i| format!("SET app.s{i} = 'v{i}'")).collect();
+    a.batch_execute(&sql.join("; ")).await.unwrap();
+    let pinned = backend_pid(&a).await;
+    herd.wait_for_log(
+        "exceed max_client_settings (10)",
+        std::time::Duration::from_secs(5),
+    );
+    for _ in 0..3 {
+        assert_eq!(backend_pid(&a).await, pinned, "a keeps its server");
+        assert_eq!(show(&a, "app.s19").await, "v19");
+        assert_ne!(backend_pid(&b).await, pinned, "no one else gets it");
+    }
+    a.batch_execute("RESET ALL").await.unwrap();
+    herd.wait_for_log("returns to pooling", std::time::Duration::from_secs(5));
+    let gone: Option<String> = value(&a, "SELECT current_setting('app.s19', true)").await;
+    assert!(gone.as_deref().is_none_or(str::is_empty), "{gone:?}");
+}

@@ -11,6 +11,11 @@ pub const SMALL: usize = 2 * 1024;
 /// and writes, and a 32 MB row still goes through in pieces. The most any buffer holds.
 pub const LARGE: usize = 64 * 1024;
 
+/// The most any buffer holds: a Query or Parse read whole to be scanned (up to `session::relay`'s 1 MiB),
+/// with what a rewrite puts beside it. Only a buffer with such a message in it grows past LARGE, and it is
+/// freed, not pooled, once empty.
+pub const HUGE: usize = 4 << 20;
+
 /// A buffer with three cursors, as in PgBouncer's iobuf: `[start, scanned)` is framed and ready to send,
 /// `[scanned, end)` has been received but not framed yet (a partial header or a message read whole).
 pub struct IoBuf {
@@ -32,17 +37,40 @@ impl IoBuf {
 
     /// Moves the unsent bytes to the front, into a large buffer when this one is small.
     fn make_room(&mut self) {
+        self.move_to_front(LARGE);
+    }
+
+    /// Moves the unsent bytes to the front of a buffer of at least `size` bytes.
+    fn move_to_front(&mut self, size: usize) {
         let (start, end) = (self.start, self.end);
-        if self.data.len() < LARGE {
-            let mut large = vec![0; LARGE].into_boxed_slice();
-            large[..end - start].copy_from_slice(&self.data[start..end]);
-            self.data = large;
+        if self.data.len() < size {
+            let mut larger = vec![0; size].into_boxed_slice();
+            larger[..end - start].copy_from_slice(&self.data[start..end]);
+            self.data = larger;
         } else {
             self.data.copy_within(start..end, 0);
         }
         self.scanned -= start;
         self.end -= start;
         self.start = 0;
+    }
+
+    /// What the buffer may hold: LARGE, or more while it has grown for a message read whole.
+    fn capacity(&self) -> usize {
+        self.data.len().max(LARGE)
+    }
+
+    /// Makes room for `n` unscanned bytes (a message that must be read whole before it is forwarded), growing
+    /// past LARGE if needed; false when that would be more than HUGE.
+    pub fn reserve_unscanned(&mut self, n: usize) -> bool {
+        let need = self.scanned - self.start + n;
+        if need > HUGE {
+            return false;
+        }
+        if self.scanned + n > self.data.len() {
+            self.move_to_front(need);
+        }
+        true
     }
 
     /// Room to receive into, growing the buffer or moving unsent bytes to the front when the tail is full.
@@ -85,10 +113,12 @@ impl IoBuf {
         let tail = at + old..self.end;
         let end = self.end - old + new.len();
         if end > self.data.len() {
-            if end - self.start > LARGE {
+            let need = end - self.start;
+            if need > HUGE {
                 return false;
             }
-            self.make_room();
+            // Afterwards the bytes start at 0 in a buffer of at least `need`: the retry fits.
+            self.move_to_front(need.max(LARGE));
             return self.splice(old, new);
         }
         self.data.copy_within(tail, at + new.len());
@@ -130,7 +160,8 @@ impl IoBuf {
 
     /// Bytes that can still be received or pushed (after growing or moving unsent bytes to the front).
     pub fn free(&self) -> usize {
-        LARGE - (self.end - self.start)
+        // Never negative: the bytes held fit in `data`, and `capacity` is at least its length.
+        self.capacity() - (self.end - self.start)
     }
 
     pub fn has_room(&self) -> bool {
@@ -238,12 +269,34 @@ mod tests {
         b.received(LARGE - SMALL - 100);
         b.scanned(10);
         b.sent(10);
-        // 10 bytes free at the front: growth by 10 fits, by 11 does not.
-        assert!(!b.splice(1, &[0; 12]));
-        assert_eq!(b.unscanned().len(), LARGE - 10);
+        // 10 bytes free at the front: growth by 10 compacts, by more grows the buffer past LARGE.
         assert!(b.splice(1, &[7; 11]));
         assert_eq!(b.unscanned().len(), LARGE);
+        assert_eq!(b.data.len(), LARGE);
         assert_eq!(b.unscanned()[..11], [7; 11]);
+        assert!(b.splice(1, &[8; 2]));
+        assert_eq!(b.unscanned().len(), LARGE + 1);
+        assert_eq!(b.unscanned()[..3], [8, 8, 7]);
+    }
+
+    #[test]
+    fn a_message_read_whole_grows_the_buffer_past_large_and_the_pool_drops_it() {
+        let pool = BufferPool::default();
+        let mut b = pool.take();
+        assert!(b.push(b"ready"));
+        assert!(b.reserve_unscanned(LARGE + 100));
+        assert_eq!(b.to_send(), b"ready");
+        assert!(b.spare().len() >= LARGE + 100);
+        b.received(LARGE + 100);
+        assert_eq!(b.free(), b.data.len() - (LARGE + 105));
+        assert!(b.splice(LARGE + 100, &[1; 2 * LARGE]));
+        assert_eq!(b.unscanned().len(), 2 * LARGE);
+        assert!(!b.reserve_unscanned(HUGE));
+        assert!(!b.splice(0, &vec![0; HUGE]));
+        b.scanned(2 * LARGE);
+        b.sent(5 + 2 * LARGE);
+        pool.give(b);
+        assert_eq!(pool.free.borrow().len(), 0);
     }
 
     #[test]

@@ -13,3 +13,4 @@ pub const FEATURE_NOT_SUPPORTED: &str = "0A000";
 pub const INVALID_PARAMETER_VALUE: &str = "22023";
 pub const INTERNAL_ERROR: &str = "XX000";
 pub const CONFIGURATION_LIMIT_EXCEEDED: &str = "53400";
+pub const PROGRAM_LIMIT_EXCEEDED: &str = "54000";

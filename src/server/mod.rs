@@ -95,14 +95,15 @@ impl Server {
     /// Runs simple-protocol SQL of pgherd's own (ROLLBACK, the reset query, a client's settings) and waits for
     /// its ReadyForQuery, dropping the replies. Returns whether it succeeded and left the server idle.
     pub async fn run(&mut self, sql: &str, limit: Duration) -> bool {
-        self.query(sql, limit).await.is_some()
+        self.query(sql, limit, SMALL_ANSWER).await.is_some()
     }
 
-    /// [`Server::run`], keeping the rows (as text) and the ParameterStatus messages the SQL caused.
-    pub async fn query(&mut self, sql: &str, limit: Duration) -> Option<Answer> {
+    /// [`Server::run`], keeping the rows (as text) and the ParameterStatus messages the SQL caused, each message
+    /// at most `largest` bytes: a longer one fails the query.
+    pub async fn query(&mut self, sql: &str, limit: Duration, largest: usize) -> Option<Answer> {
         let mut out = Vec::new();
         encode::query(&mut out, sql);
-        self.answer(out, limit).await
+        self.answer(out, limit, largest).await
     }
 
     /// One statement with text parameters, by the extended protocol, so values are never spliced into SQL.
@@ -114,13 +115,13 @@ impl Server {
     ) -> Option<Answer> {
         let mut out = Vec::new();
         encode::extended_query(&mut out, sql, params);
-        self.answer(out, limit).await
+        self.answer(out, limit, SMALL_ANSWER).await
     }
 
-    async fn answer(&mut self, out: Vec<u8>, limit: Duration) -> Option<Answer> {
+    async fn answer(&mut self, out: Vec<u8>, limit: Duration, largest: usize) -> Option<Answer> {
         let work = async {
             self.stream.write_all(&out).await.ok()?;
-            self.drain_until_ready().await
+            self.drain_until_ready(largest).await
         };
         glommio::timer::timeout(limit, async { Ok(work.await) })
             .await
@@ -128,13 +129,18 @@ impl Server {
             .flatten()
     }
 
-    /// Reads server output until a ReadyForQuery; `None` after an error or unless the server is left idle.
-    async fn drain_until_ready(&mut self) -> Option<Answer> {
+    /// Reads server output until a ReadyForQuery; `None` after an error, a row or ParameterStatus longer than
+    /// `largest`, or unless the server is left idle. The buffer grows only as far as a message needs.
+    async fn drain_until_ready(&mut self, largest: usize) -> Option<Answer> {
         let mut buf = vec![0u8; 8192];
         let (mut have, mut status, mut failed) = (0, None, false);
         let mut answer = Answer::default();
         let mut scanner = Scanner::default();
         while status.is_none() {
+            if have == buf.len() {
+                // Full with the start of one message no longer than `largest` (longer ones stream through).
+                buf.resize((2 * buf.len()).min(largest + 5).max(buf.len() + 1), 0);
+            }
             let n = self.stream.read(&mut buf[have..]).await.ok()?;
             if n == 0 {
                 return None;
@@ -145,8 +151,7 @@ impl Server {
                     &buf[..have],
                     MAX_MESSAGE_LEN,
                     |t| match t {
-                        // Bounded by the buffer: pgherd's own queries return a few short values.
-                        b'Z' | b'D' | b'S' => Want::Whole(4096),
+                        b'Z' | b'D' | b'S' => Want::Whole(largest),
                         _ => Want::Tag,
                     },
                     |tag, body| {
@@ -169,6 +174,10 @@ impl Server {
         (status == Some(b'I') && !failed).then_some(answer)
     }
 }
+
+/// The longest row or ParameterStatus pgherd reads back from its own short queries (ROLLBACK, resets,
+/// auth_query): a name and a password hash.
+const SMALL_ANSWER: usize = 4096;
 
 /// What a query of pgherd's own got back.
 #[derive(Debug, Default)]

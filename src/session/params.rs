@@ -122,17 +122,29 @@ impl StartupParams {
 
     /// SQL that gives a server exactly these settings on top of its defaults. set_config parses values the way
     /// the startup packet's are parsed (a search_path list stays a list), which `SET name = 'value'` would not.
+    /// The calls run over a VALUES list, so the answer is one short row however many settings there are
+    /// (a SELECT list is limited to 1,664 entries, and its row would carry every value back).
     pub fn apply_sql(&self) -> String {
         let mut sql = String::from("RESET ALL");
         for (i, (name, value)) in self.settings.iter().enumerate() {
-            sql.push_str(if i == 0 { "; SELECT " } else { ", " });
-            sql.push_str(&format!(
-                "pg_catalog.set_config({}, {}, false)",
-                literal(name),
-                literal(value)
-            ));
+            sql.push_str(if i == 0 {
+                "; SELECT pg_catalog.count(pg_catalog.set_config(n, v, false)) FROM (VALUES "
+            } else {
+                ", "
+            });
+            sql.push_str(&format!("({}, {})", literal(name), literal(value)));
+        }
+        if !self.settings.is_empty() {
+            sql.push_str(") AS s(n, v)");
         }
         sql
+    }
+
+    /// How many settings these are, and their names' and values' bytes: what `max_client_settings` and
+    /// `max_client_settings_bytes` bound.
+    pub fn size(&self) -> (usize, usize) {
+        let bytes = self.settings.iter().map(|(n, v)| n.len() + v.len()).sum();
+        (self.settings.len(), bytes)
     }
 }
 
@@ -227,11 +239,11 @@ mod tests {
         assert_eq!(p.get("_pq_.x"), None);
         assert_eq!(
             p.apply_sql(),
-            "RESET ALL; SELECT pg_catalog.set_config(E'application_name', E'psql', false), \
-             pg_catalog.set_config(E'datestyle', E'ISO', false), pg_catalog.set_config(E'search_path', E'a, b', false), \
-             pg_catalog.set_config(E'statement_timeout', E'5s', false), \
-             pg_catalog.set_config(E'work_mem', E'4MB', false)"
+            "RESET ALL; SELECT pg_catalog.count(pg_catalog.set_config(n, v, false)) FROM (VALUES \
+             (E'application_name', E'psql'), (E'datestyle', E'ISO'), (E'search_path', E'a, b'), \
+             (E'statement_timeout', E'5s'), (E'work_mem', E'4MB')) AS s(n, v)"
         );
+        assert_eq!(p.size(), (5, 77));
     }
 
     #[test]

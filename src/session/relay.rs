@@ -32,8 +32,11 @@ use crate::shard::{AcquireError, PoolKey, Shard};
 const MAX_WHOLE_SERVER_MESSAGE: usize = 8 * 1024;
 
 /// Query and Parse messages up to this size are read whole and scanned for session state; longer SQL pins the
-/// client (see `pinning`). Below the largest buffer, so such a message always fits.
-const MAX_SCANNED_SQL: usize = 48 * 1024;
+/// client (see `pinning`). A buffer grows past its usual 64 KiB to hold such a message and what a rewrite adds
+/// (see `net::buffer::HUGE`): a 64 KB JWT in a SET or set_config is scanned like any other statement.
+const MAX_SCANNED_SQL: usize = 1 << 20;
+const _: () =
+    assert!(2 * MAX_SCANNED_SQL + 2 * statements::MAX_NAMES + 1024 <= crate::net::buffer::HUGE);
 
 /// With the `fault-injection` feature (tests only, never in a release build): a Query of exactly this text
 /// panics in the relay while the client holds a server, to show that the panic ends that client alone.
@@ -322,6 +325,16 @@ impl<'a> Relay<'a> {
                 .map_err(|e| Fatal::protocol(e.to_string()))?;
             buf.scanned(n);
             let Some((tag, shown)) = found else {
+                // A Query or Parse short enough to scan waits whole in the buffer, which may have to grow.
+                if let [tag @ (b'Q' | b'P'), a, b, c, d, ..] = *buf.unscanned() {
+                    let len = u32::from_be_bytes([a, b, c, d]) as usize;
+                    if len.saturating_sub(4) <= MAX_SCANNED_SQL && !buf.reserve_unscanned(1 + len) {
+                        return Err(Fatal::protocol(format!(
+                            "message type {} too long to buffer",
+                            tag.escape_ascii()
+                        )));
+                    }
+                }
                 return Ok(Scanned::All);
             };
             let message = buf.unscanned();
@@ -360,7 +373,7 @@ impl<'a> Relay<'a> {
                 Action::NeedServer => return Ok(Scanned::NeedServer),
                 Action::Rewrite { head: 0, bytes } => {
                     // Only bytes to put before the message: it is looked at again after them.
-                    self.rewrite(buf, 0, &bytes);
+                    self.rewrite(buf, 0, &bytes)?;
                     continue;
                 }
                 Action::Rewrite { head, bytes } => (head, Some(bytes)),
@@ -384,7 +397,7 @@ impl<'a> Relay<'a> {
                 return Ok(Scanned::All);
             }
             match bytes {
-                Some(bytes) => self.rewrite(buf, head, &bytes),
+                Some(bytes) => self.rewrite(buf, head, &bytes)?,
                 None => buf.scanned(head),
             }
             self.from_client.resume_in_body(1 + len - head);
@@ -393,10 +406,10 @@ impl<'a> Relay<'a> {
 
     /// Puts `bytes` in place of the first `head` unscanned bytes of `buf`, or, when they do not fit, in the
     /// prefix that goes out after what `buf` has ready.
-    fn rewrite(&mut self, buf: &mut IoBuf, head: usize, bytes: &[u8]) {
+    fn rewrite(&mut self, buf: &mut IoBuf, head: usize, bytes: &[u8]) -> Result<(), Fatal> {
         if buf.splice(head, bytes) {
             buf.scanned(bytes.len());
-            return;
+            return Ok(());
         }
         let prefix = self.prefix.get_or_insert_with(|| {
             Box::new(Prefix {
@@ -404,13 +417,17 @@ impl<'a> Relay<'a> {
                 before: 0,
             })
         });
-        let fits = prefix.buf.push(bytes);
-        assert!(
-            fits,
-            "a rewrite is at most a scanned message and a few names"
-        );
+        // A fresh prefix (one rewrite is in flight at a time) takes up to HUGE, which the assertion on
+        // MAX_SCANNED_SQL shows is more than any rewrite: this error is a guard, not a path.
+        if !prefix.buf.push(bytes) {
+            return Err(Fatal::new(
+                sqlstate::PROGRAM_LIMIT_EXCEEDED,
+                "message too large for pgherd to rewrite",
+            ));
+        }
         prefix.before = buf.to_send().len();
         buf.splice(head, &[]);
+        Ok(())
     }
 
     /// What a client message does to the transaction and to the session state that pins it.
@@ -424,13 +441,19 @@ impl<'a> Relay<'a> {
                 )))
             }
         }
-        let was_pinned = self.pins;
-        // Clears first, then creates: "DISCARD ALL; LISTEN x" leaves the client pinned.
-        self.pins.remove(effects.clears);
-        self.pins.insert(effects.creates);
         if let Some(changes) = effects.settings {
             self.changes.get_or_insert_default().merge(*changes);
         }
+        self.update_pins(effects.clears, effects.creates);
+        Ok(())
+    }
+
+    /// Clears, then creates session state that keeps the client on its server ("DISCARD ALL; LISTEN x"
+    /// leaves it pinned), counting and logging when the client starts or stops keeping its server.
+    fn update_pins(&mut self, clears: Pins, creates: Pins) {
+        let was_pinned = self.pins;
+        self.pins.remove(clears);
+        self.pins.insert(creates);
         if self.pins != was_pinned && self.mode != PoolMode::Session {
             let pinned = &self.shard.shared.pinned;
             if was_pinned.is_empty() {
@@ -444,7 +467,6 @@ impl<'a> Relay<'a> {
                 info!("client pid {} returns to pooling", self.session.pid);
             }
         }
-        Ok(())
     }
 
     async fn lease(&mut self) -> Result<(), Fatal> {
@@ -588,14 +610,18 @@ impl<'a> Relay<'a> {
     /// has, so its next servers get the same. RESET returns a setting to the client's startup value, which the
     /// server does not know: then the server is set up again and the client told the values it now sees.
     async fn settle_settings(&mut self) -> Result<(), Fatal> {
-        let changes = self.changes.take().expect("called with changes");
-        let server = self.server.as_mut().expect("called with a server");
+        let config = self.shard.config();
+        let (Some(changes), Some(server)) = (self.changes.take(), self.server.as_mut()) else {
+            return Ok(());
+        };
+        // A row carries one setting's name and value.
+        let largest = config.max_client_settings_bytes + 1024;
         let mut observed = Vec::new();
         let settings = if changes.all {
             self.session.defaults.clone()
         } else {
             let sql = StartupParams::observe_sql(&changes.names);
-            let answer = server.query(&sql, CLEANUP_TIMEOUT).await;
+            let answer = server.query(&sql, CLEANUP_TIMEOUT, largest).await;
             for row in answer.map(|a| a.rows).unwrap_or_default() {
                 if let [Some(name), value, Some(set)] = &row[..] {
                     observed.push((name.clone(), value.clone().filter(|_| set == "t")));
@@ -610,8 +636,25 @@ impl<'a> Relay<'a> {
                     .changed(&self.session.defaults, &observed),
             )
         };
+        let (count, bytes) = settings.size();
+        if count > config.max_client_settings || bytes > config.max_client_settings_bytes {
+            // The settings stay where they are, on this server, which the client keeps from now on.
+            if !self.pins.contains(Pins::SETTING) {
+                info!(
+                    "client pid {}: {count} settings of {bytes} bytes exceed max_client_settings ({}) or \
+                     max_client_settings_bytes ({})",
+                    self.session.pid, config.max_client_settings, config.max_client_settings_bytes
+                );
+            }
+            server.settings = UNKNOWN;
+            self.update_pins(Pins::default(), Pins::SETTING);
+            return Ok(());
+        }
         if changes.all || !settings.agrees_with(&observed) {
-            let Some(answer) = server.query(&settings.apply_sql(), CLEANUP_TIMEOUT).await else {
+            let Some(answer) = server
+                .query(&settings.apply_sql(), CLEANUP_TIMEOUT, largest)
+                .await
+            else {
                 return Err(self.settings_unknown());
             };
             let s2c = self.s2c.get_or_insert_with(|| self.shard.buffers.take());
