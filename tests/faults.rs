@@ -644,3 +644,67 @@ async fn sighup_is_logged_and_ignored() {
     let after = connect(herd.port, "app", "secret", "app").await;
     assert_eq!(value::<i32>(&after, "SELECT 8").await, 8);
 }
+
+/// A raw connection that sends a startup packet for `user` and reads the first authentication request,
+/// then stalls: a client that claims a user name and never proves it.
+fn stalled_login(port: u16, user: &str) -> TcpStream {
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    let mut body = 196_608u32.to_be_bytes().to_vec();
+    for part in ["user", user, "database", "app", ""] {
+        body.extend_from_slice(part.as_bytes());
+        body.push(0);
+    }
+    let mut packet = ((body.len() + 4) as u32).to_be_bytes().to_vec();
+    packet.extend_from_slice(&body);
+    stream.write_all(&packet).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut tag = [0u8; 1];
+    stream.read_exact(&mut tag).unwrap();
+    assert_eq!(tag[0], b'R', "an authentication request");
+    stream
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stalled_logins_do_not_take_a_users_places() {
+    let Fixture { pg: _pg, herd } = fixture("transaction", 2, "workers = 2");
+    let herd = herd
+        .restarted_with(|body| body.replacen("[users.app]", "[users.app]\nmax_client_conn = 2", 1));
+    let stalled: Vec<TcpStream> = (0..10).map(|_| stalled_login(herd.port, "app")).collect();
+    let _a = connect(herd.port, "app", "secret", "app").await;
+    let _b = connect(herd.port, "app", "secret", "app").await;
+    let err = try_connect(herd.port, "app", "secret", "app")
+        .await
+        .expect_err("a third authenticated client of app");
+    assert_eq!(err.code().map(|c| c.code()), Some("53300"));
+    drop(stalled);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logins_in_progress_are_bounded_per_shard() {
+    let Fixture { pg: _pg, herd } =
+        fixture("transaction", 2, "workers = 1\nmax_logins_per_shard = 4");
+    let stalled: Vec<TcpStream> = (0..4).map(|_| stalled_login(herd.port, "app")).collect();
+    let mut refused = TcpStream::connect(("127.0.0.1", herd.port)).unwrap();
+    let said = read_to_close(&mut refused, Duration::from_secs(5));
+    assert_eq!(said.first(), Some(&b'E'), "{said:?}");
+    assert!(
+        said.windows(6).any(|w| w == b"C53300"),
+        "{}",
+        String::from_utf8_lossy(&said)
+    );
+    drop(stalled);
+    let mut in_again = None;
+    for _ in 0..100 {
+        match try_connect(herd.port, "app", "secret", "app").await {
+            Ok(c) => {
+                in_again = Some(c);
+                break;
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+        }
+    }
+    let c = in_again.expect("a client logs in once the stalled logins have gone");
+    assert_eq!(value::<i32>(&c, "SELECT 3").await, 3);
+}

@@ -163,14 +163,15 @@ pub async fn login(shard: &Shard, stream: &mut TcpStream) -> Result<Outcome, Fat
         return Err(wrong_password(user_name));
     };
     let record = shard.shared.user(user);
+    let proved = authenticate(&record.client_auth, user_name, stream, &mut inbox, &mut out).await?;
+    // Counted once authenticated, as PostgreSQL does: connections that only claim a user name cannot take
+    // that user's places (they are bounded by max_logins_per_shard and client_login_timeout instead).
     let Some(admission) = Arc::clone(&shard.shared).admit(db, user) else {
         return Err(Fatal::new(
             sqlstate::TOO_MANY_CONNECTIONS,
             "sorry, too many clients already",
         ));
     };
-
-    let proved = authenticate(&record.client_auth, user_name, stream, &mut inbox, &mut out).await?;
     if let (Some(client_key), ServerPassword::ScramPassThrough { .. }) =
         (proved, &record.server_password)
     {

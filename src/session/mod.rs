@@ -107,6 +107,13 @@ async fn say_fatal(stream: &mut TcpStream, fatal: &Fatal) {
 
 /// Serves one accepted client to the end.
 pub async fn serve(shard: Rc<Shard>, mut stream: TcpStream) {
+    let Some(logging_in) = shard.logins.start(shard.config().max_logins_per_shard) else {
+        let fatal = Fatal::new(
+            sqlstate::TOO_MANY_CONNECTIONS,
+            "sorry, too many clients are logging in already",
+        );
+        return Box::pin(say_fatal(&mut stream, &fatal)).await;
+    };
     // Boxed: login's state is large and short-lived; inline it would size every client's task for good.
     let login = Box::pin(crate::isolation::catch(login::login(&shard, &mut stream)));
     let limit = shard.config().client_login_timeout;
@@ -134,6 +141,7 @@ pub async fn serve(shard: Rc<Shard>, mut stream: TcpStream) {
             return Box::pin(say_fatal(&mut stream, &fatal)).await;
         }
     };
+    drop(logging_in);
     let (pid, secret) = shard.clients.register(shard.id, stream.as_raw_fd());
     debug!(
         "client {}: logged in as {} (pid {pid})",

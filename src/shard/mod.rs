@@ -14,7 +14,7 @@ use heap::spawn_client;
 pub use pools::{until, AcquireError, PoolKey};
 pub use run::{check, start};
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
@@ -180,6 +180,28 @@ impl Drop for Admission {
     }
 }
 
+/// The shard's connections that have not logged in yet.
+#[derive(Default)]
+pub struct Logins(Cell<usize>);
+
+impl Logins {
+    /// Counts one more login while the guard lives; `None` when `max` are under way already.
+    pub fn start(&self, max: usize) -> Option<LoggingIn<'_>> {
+        (self.0.get() < max).then(|| {
+            self.0.set(self.0.get() + 1);
+            LoggingIn(self)
+        })
+    }
+}
+
+pub struct LoggingIn<'a>(&'a Logins);
+
+impl Drop for LoggingIn<'_> {
+    fn drop(&mut self) {
+        self.0 .0.set(self.0 .0.get() - 1);
+    }
+}
+
 /// The per-core context every task of a shard holds an `Rc` to.
 pub struct Shard {
     pub id: usize,
@@ -191,6 +213,8 @@ pub struct Shard {
     pub parking: parking::Lot,
     /// Client tasks running, for giving back what a burst of them freed.
     tasks: heap::Tasks,
+    /// Connections logging in, bounded by `max_logins_per_shard`.
+    pub logins: Logins,
     /// Startup-setting sets shared by this shard's clients.
     pub settings: Interned,
     /// Prepared statements of this shard's transaction-mode clients.

@@ -153,6 +153,7 @@ async fn run_shard(
         clients: Registry::default(),
         parking,
         tasks: Default::default(),
+        logins: Default::default(),
         settings: Default::default(),
         statements: Default::default(),
         pools: RefCell::new(HashMap::new()),
