@@ -92,3 +92,39 @@ async fn a_failing_lookup_is_an_error_not_a_hang() {
         herd.log()
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unknown_names_open_no_more_sessions_than_the_lookup_connections() {
+    let (pg, herd) = setup("60", "lookpw");
+    pg.sql("ALTER SYSTEM SET log_connections = on");
+    pg.sql("SELECT pg_reload_conf()");
+    wait_until(Duration::from_secs(10), "log_connections on", || {
+        pg.sql("SHOW log_connections") == "on"
+    });
+    let port = herd.port;
+    let logins: Vec<_> = (0..8)
+        .map(|batch| {
+            tokio::spawn(async move {
+                for i in 0..40 {
+                    let r = try_connect(port, &format!("nobody_{batch}_{i}"), "x", "app").await;
+                    assert_eq!(sqlstate(r).as_deref(), Some("28P01"));
+                }
+            })
+        })
+        .collect();
+    for login in logins {
+        login.await.unwrap();
+    }
+    // A known user found by the same connections still logs in.
+    let c = try_connect(herd.port, "dyn", "dynpw", "app").await.unwrap();
+    assert_eq!(value::<i32>(&c, "SELECT 1").await, 1);
+    let sessions = pg
+        .log()
+        .matches("connection authorized: user=lookup")
+        .count();
+    // Two shards, two lookup connections each (auth_query_connections' default).
+    assert!(
+        (1..=4).contains(&sessions),
+        "{sessions} lookup sessions for 321 lookups"
+    );
+}

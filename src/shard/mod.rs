@@ -215,6 +215,8 @@ pub struct Shard {
     tasks: heap::Tasks,
     /// Connections logging in, bounded by `max_logins_per_shard`.
     pub logins: Logins,
+    /// Connections for auth_query lookups.
+    lookups: users::LookupConnections,
     /// Startup-setting sets shared by this shard's clients.
     pub settings: Interned,
     /// Prepared statements of this shard's transaction-mode clients.

@@ -154,6 +154,7 @@ async fn run_shard(
         parking,
         tasks: Default::default(),
         logins: Default::default(),
+        lookups: Default::default(),
         settings: Default::default(),
         statements: Default::default(),
         pools: RefCell::new(HashMap::new()),
