@@ -114,10 +114,13 @@ pub fn ready_for_query(out: &mut Vec<u8>, status: u8) {
     message(out, b'Z', |b| b.push(status));
 }
 
-/// Tells a client asking for a newer 3.x minor version or `_pq_.` options what this server speaks.
-pub fn negotiate_protocol_version(out: &mut Vec<u8>, minor: u16, unknown_options: &[&str]) {
+/// Tells a client asking for a newer 3.x minor version or `_pq_.` options what this server speaks. `newest` is
+/// the newest protocol version supported, as the StartupMessage carries it: `(major << 16) | minor`, e.g.
+/// [`PROTOCOL_3_0`](super::PROTOCOL_3_0). PostgreSQL sends the whole version there and libpq reads it so: a
+/// bare minor number reads as a version below 3.0 and the client gives up.
+pub fn negotiate_protocol_version(out: &mut Vec<u8>, newest: u32, unknown_options: &[&str]) {
     message(out, b'v', |b| {
-        b.extend_from_slice(&u32::from(minor).to_be_bytes());
+        b.extend_from_slice(&newest.to_be_bytes());
         b.extend_from_slice(&(unknown_options.len() as u32).to_be_bytes());
         for option in unknown_options {
             cstr(b, option);
@@ -206,5 +209,18 @@ mod tests {
         let mut out = Vec::new();
         ready_for_query(&mut out, b'I');
         assert_eq!(out, b"Z\0\0\0\x05I");
+    }
+
+    /// libpq 18 with `max_protocol_version=latest` asks for 3.2: the answer names 3.0 in full (196608), which
+    /// libpq takes as a downgrade it accepts, and the option it does not know.
+    #[test]
+    fn negotiate_protocol_version_names_the_whole_version() {
+        let mut out = Vec::new();
+        negotiate_protocol_version(&mut out, crate::proto::PROTOCOL_3_0, &["_pq_.x"]);
+        assert_eq!(
+            out, b"v\0\0\0\x13\0\x03\0\0\0\0\0\x01_pq_.x\0",
+            "tag, length 19, version 3.0 = 0x00030000, one option, the option"
+        );
+        assert_eq!(crate::proto::PROTOCOL_3_0, 196_608);
     }
 }
