@@ -21,6 +21,10 @@ const GS2_HEADER: &str = "n,,";
 
 type HmacSha256 = Hmac<Sha256>;
 
+/// PostgreSQL's defaults for a new verifier, which pgherd's own verifiers use too.
+const DEFAULT_ITERATIONS: u32 = 4096;
+const DEFAULT_SALT_LEN: usize = 16;
+
 /// A SCRAM verifier: what the server stores instead of the password.
 #[derive(Clone)]
 pub struct Secret {
@@ -28,6 +32,8 @@ pub struct Secret {
     pub salt: Vec<u8>,
     pub stored_key: [u8; 32],
     pub server_key: [u8; 32],
+    /// A stand-in for a user that does not exist ([`Secret::for_unknown_user`]): no proof is ever accepted.
+    doomed: bool,
 }
 
 /// Keys are secrets: show only what identifies the verifier.
@@ -35,6 +41,7 @@ impl std::fmt::Debug for Secret {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Secret")
             .field("iterations", &self.iterations)
+            .field("doomed", &self.doomed)
             .finish_non_exhaustive()
     }
 }
@@ -54,6 +61,7 @@ impl Secret {
             salt: STANDARD.decode(salt).ok()?,
             stored_key: decode_key(stored_key)?,
             server_key: decode_key(server_key)?,
+            doomed: false,
         })
     }
 
@@ -64,12 +72,48 @@ impl Secret {
             salt: salt.to_vec(),
             stored_key: sha256(&client_key),
             server_key,
+            doomed: false,
         }
     }
 
     /// A fresh verifier with PostgreSQL's defaults (16-byte salt, 4096 iterations).
     pub fn generate(password: &str) -> Secret {
-        Secret::from_password(password, &random::bytes::<16>(), 4096)
+        Secret::from_password(
+            password,
+            &random::bytes::<DEFAULT_SALT_LEN>(),
+            DEFAULT_ITERATIONS,
+        )
+    }
+
+    /// A stand-in verifier for a user that does not exist, so that a login as that user gets the same
+    /// challenge as a real one and fails the same way, and user names cannot be told apart by trying them
+    /// (PostgreSQL does the same with its "mock" salt). Pure: the same `user` and `server_secret` give the same
+    /// verifier, in any process that keeps the secret.
+    ///
+    /// - Iterations and salt length are those of [`Secret::generate`] (4096, 16 bytes).
+    /// - The salt is HMAC-SHA-256 keyed with `server_secret` over the user name, cut to 16 bytes: the same
+    ///   name always gets the same salt, different names get unrelated salts, and without the secret nobody
+    ///   can tell a stand-in's salt from a real random one.
+    /// - The exchange is doomed: [`ServerExchange::client_final`] answers every client-final that is well
+    ///   formed with [`ScramError::WrongPassword`], after the same work as for a real verifier. The keys are
+    ///   derived from the secret too (nobody knows a password for them), so even without that flag no proof
+    ///   could match.
+    pub fn for_unknown_user(user: &str, server_secret: &[u8; 32]) -> Secret {
+        // Labels end in NUL, which no user name holds, so (label, name) pairs cannot collide.
+        let derive = |label: &[u8]| {
+            let mut mac = keyed(server_secret);
+            mac.update(label);
+            mac.update(user.as_bytes());
+            <[u8; 32]>::from(mac.finalize().into_bytes())
+        };
+        let salt = derive(b"pgherd stand-in salt\0");
+        Secret {
+            iterations: DEFAULT_ITERATIONS,
+            salt: salt.get(..DEFAULT_SALT_LEN).unwrap_or(&salt).to_vec(),
+            stored_key: derive(b"pgherd stand-in StoredKey\0"),
+            server_key: derive(b"pgherd stand-in ServerKey\0"),
+            doomed: true,
+        }
     }
 }
 
@@ -186,7 +230,8 @@ impl ServerExchange {
         let auth_message = format!("{auth_prefix}{without_proof}");
         let client_signature = hmac(&self.secret.stored_key, auth_message.as_bytes());
         let client_key = xor(proof, &client_signature);
-        if !ct_eq(&sha256(&client_key), &self.secret.stored_key) {
+        // `|`, not `||`: a stand-in does the same work as a real verifier before it fails.
+        if !ct_eq(&sha256(&client_key), &self.secret.stored_key) | self.secret.doomed {
             return Err(ScramError::WrongPassword);
         }
         let server_signature = hmac(&self.secret.server_key, auth_message.as_bytes());
@@ -376,8 +421,7 @@ pub struct Derivation {
 
 impl Derivation {
     pub fn new(password: &str, salt: &[u8], iterations: u32) -> Derivation {
-        let prf =
-            HmacSha256::new_from_slice(password.as_bytes()).expect("HMAC takes any key length");
+        let prf = keyed(password.as_bytes());
         let mut mac = prf.clone();
         mac.update(salt);
         mac.update(&1u32.to_be_bytes());
@@ -405,6 +449,7 @@ impl Derivation {
 
     /// (ClientKey, ServerKey), once `step` has returned true.
     pub fn keys(&self) -> ([u8; 32], [u8; 32]) {
+        // The caller's contract, whatever the input: `left` counts iterations, not bytes of a message.
         debug_assert_eq!(self.left, 0, "keys of an unfinished derivation");
         (
             hmac(&self.salted_password, b"Client Key"),
@@ -413,8 +458,15 @@ impl Derivation {
     }
 }
 
+/// HMAC-SHA-256 keyed with `key`.
+fn keyed(key: &[u8]) -> HmacSha256 {
+    // Cannot fail: HMAC hashes a key longer than a block and pads a shorter one, so every length is valid
+    // (hmac 0.12 returns InvalidLength only for MACs with a fixed key size, which HMAC is not).
+    HmacSha256::new_from_slice(key).expect("HMAC takes any key length")
+}
+
 fn hmac(key: &[u8], data: &[u8]) -> [u8; 32] {
-    let mut mac = HmacSha256::new_from_slice(key).expect("HMAC takes any key length");
+    let mut mac = keyed(key);
     mac.update(data);
     mac.finalize().into_bytes().into()
 }
@@ -444,6 +496,7 @@ fn decode_32(s: &str, what: &str) -> Result<[u8; 32], ScramError> {
 /// or authorization identity, as PostgreSQL does without SSL.
 fn split_gs2_header(msg: &str) -> Result<(&str, &str), ScramError> {
     match msg.get(..3) {
+        // get() returned the first 3 bytes as a str: 3 is in bounds and on a character boundary.
         Some("n,," | "y,,") => Ok(msg.split_at(3)),
         _ if msg.starts_with("p=") => Err(protocol("channel binding requested but not offered")),
         _ => Err(protocol("unsupported gs2 header")),
@@ -746,5 +799,81 @@ mod tests {
         let client_final = client.server_first(&server_first).unwrap();
         let (server_final, _) = server.client_final(&client_final).unwrap();
         client.server_final(&server_final).unwrap();
+    }
+
+    const CLUSTER_SECRET: [u8; 32] = [7; 32];
+
+    #[test]
+    fn a_stand_in_is_the_same_for_the_same_name_and_secret() {
+        let a = Secret::for_unknown_user("mallory", &CLUSTER_SECRET);
+        let b = Secret::for_unknown_user("mallory", &CLUSTER_SECRET);
+        assert_eq!((a.iterations, a.salt.len()), (4096, 16));
+        assert_eq!(
+            (&a.salt, a.stored_key, a.server_key, a.iterations),
+            (&b.salt, b.stored_key, b.server_key, b.iterations)
+        );
+        let other_name = Secret::for_unknown_user("mallory2", &CLUSTER_SECRET);
+        let other_secret = Secret::for_unknown_user("mallory", &[8; 32]);
+        assert_ne!(a.salt, other_name.salt);
+        assert_ne!(a.salt, other_secret.salt);
+        assert_ne!(a.stored_key, other_name.stored_key);
+        assert_ne!(
+            a.salt[..],
+            a.stored_key[..16],
+            "salt and keys are derived apart"
+        );
+    }
+
+    #[test]
+    fn a_stand_in_challenges_like_a_real_verifier_and_fails_like_a_wrong_password() {
+        let real = Secret::generate("hunter2");
+        let stand_in = Secret::for_unknown_user("nobody", &CLUSTER_SECRET);
+        let mut real_server = ServerExchange::with_nonce(real, "servernonce");
+        let mut fake_server = ServerExchange::with_nonce(stand_in.clone(), "servernonce");
+        let first = b"n,,n=,r=clientnonce";
+        let real_first = real_server.client_first(first).unwrap();
+        let fake_first = fake_server.client_first(first).unwrap();
+        let shape = |m: &[u8]| {
+            let m = std::str::from_utf8(m).unwrap().to_owned();
+            let first = ServerFirst::parse(&m).unwrap();
+            (
+                m.len(),
+                first.nonce.to_owned(),
+                first.salt.len(),
+                first.iterations,
+            )
+        };
+        assert_eq!(shape(&real_first), shape(&fake_first));
+        assert_eq!(
+            std::str::from_utf8(&fake_first).unwrap(),
+            format!(
+                "r=clientnonceservernonce,s={},i=4096",
+                STANDARD.encode(&stand_in.salt)
+            )
+        );
+        // A client following the protocol to the letter, whatever its password.
+        for password in ["", "hunter2", "nobody"] {
+            let client = ClientExchange::with_nonce(password, "clientnonce");
+            let mut server = ServerExchange::with_nonce(stand_in.clone(), "servernonce");
+            assert_eq!(run(client, &mut server), Err(ScramError::WrongPassword));
+        }
+    }
+
+    #[test]
+    fn a_doomed_exchange_fails_even_the_right_proof() {
+        let secret = Secret {
+            doomed: true,
+            ..test_secret()
+        };
+        let client = ClientExchange::with_nonce("hunter2", "clientnonce");
+        let mut server = ServerExchange::with_nonce(secret, "servernonce");
+        assert_eq!(run(client, &mut server), Err(ScramError::WrongPassword));
+        // And a malformed client-final is refused as for any verifier.
+        let mut server =
+            ServerExchange::with_nonce(Secret::for_unknown_user("nobody", &CLUSTER_SECRET), "S");
+        server.client_first(b"n,,n=,r=c").unwrap();
+        assert!(is_protocol_error(
+            server.client_final(b"c=biws,r=cX,p=AAAA")
+        ));
     }
 }
