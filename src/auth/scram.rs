@@ -877,3 +877,252 @@ mod tests {
         ));
     }
 }
+
+#[cfg(test)]
+mod props {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// Printable nonces without commas, as both sides make them.
+    fn nonce() -> impl Strategy<Value = String> {
+        "[!-+--~]{1,24}"
+    }
+
+    fn password() -> impl Strategy<Value = String> {
+        prop_oneof!["[a-zA-Z0-9]{0,12}", any::<String>()]
+    }
+
+    /// A verifier with few iterations: the properties do not depend on the count, and debug-build PBKDF2
+    /// is slow.
+    fn secret(password: &str, salt: &[u8], iterations: u32) -> Secret {
+        Secret::from_password(password, salt, iterations)
+    }
+
+    fn client(password: &str, nonce: &str) -> ClientExchange {
+        ClientExchange::with_nonce(password, nonce)
+    }
+
+    /// A client that knows keys, not a password: no derivation, whatever the server asks.
+    fn keyed_client(client_key: [u8; 32], server_key: [u8; 32], nonce: &str) -> ClientExchange {
+        ClientExchange {
+            credentials: Credentials::Keys {
+                client_key,
+                server_key,
+            },
+            nonce: nonce.to_owned(),
+            server_signature: None,
+        }
+    }
+
+    /// Runs the first half of a correct exchange: (server after client-first, client-final).
+    fn to_client_final(
+        secret: &Secret,
+        password: &str,
+        client_nonce: &str,
+        server_nonce: &str,
+    ) -> (ServerExchange, ClientExchange, Vec<u8>) {
+        let mut client = client(password, client_nonce);
+        let mut server = ServerExchange::with_nonce(secret.clone(), server_nonce);
+        let server_first = server.client_first(&client.client_first()).unwrap();
+        let client_final = client.server_first(&server_first).unwrap();
+        (server, client, client_final)
+    }
+
+    /// client-first-messages as clients write them, with the parts a hostile one would vary.
+    fn client_first() -> impl Strategy<Value = Vec<u8>> {
+        let header = prop_oneof![
+            Just("n,,".to_owned()),
+            Just("y,,".to_owned()),
+            Just("p=tls-server-end-point,,".to_owned()),
+            "[a-z=,]{0,6}",
+        ];
+        let user = prop_oneof![Just(String::new()), "[a-z=,]{0,6}"];
+        let nonce = prop_oneof![nonce(), any::<String>()];
+        let tail = prop_oneof![Just(String::new()), ",[a-z]=[a-z]{0,4}", any::<String>()];
+        (header, user, nonce, tail)
+            .prop_map(|(h, u, r, t)| format!("{h}n={u},r={r}{t}").into_bytes())
+    }
+
+    proptest! {
+        #![proptest_config(crate::fuzzing::config())]
+
+        /// A client with the right password always gets in, the server learns its ClientKey, and the client
+        /// accepts the server's signature.
+        #[test]
+        fn the_right_password_succeeds(
+            password in password(),
+            salt in proptest::collection::vec(any::<u8>(), 0..24),
+            iterations in 1u32..16,
+            client_nonce in nonce(),
+            server_nonce in nonce(),
+        ) {
+            let secret = secret(&password, &salt, iterations);
+            let (mut server, client, client_final) =
+                to_client_final(&secret, &password, &client_nonce, &server_nonce);
+            let (server_final, client_key) = server.client_final(&client_final).unwrap();
+            prop_assert_eq!(sha256(&client_key), secret.stored_key);
+            prop_assert_eq!(client.server_final(&server_final), Ok(()));
+        }
+
+        /// Another password fails as a wrong password, and a stand-in fails every password.
+        #[test]
+        fn a_wrong_password_or_a_stand_in_fails(
+            password in password(),
+            other in password(),
+            salt in proptest::collection::vec(any::<u8>(), 0..24),
+            iterations in 1u32..16,
+            client_nonce in nonce(),
+            server_nonce in nonce(),
+            user in any::<String>(),
+            cluster in any::<[u8; 32]>(),
+        ) {
+            prop_assume!(password != other);
+            let secret = secret(&password, &salt, iterations);
+            let (mut server, _, client_final) =
+                to_client_final(&secret, &other, &client_nonce, &server_nonce);
+            prop_assert_eq!(server.client_final(&client_final), Err(ScramError::WrongPassword));
+
+            // A stand-in of few iterations, so the client can run it: even the keys' owner fails.
+            let stand_in = Secret { iterations, ..Secret::for_unknown_user(&user, &cluster) };
+            let (mut server, _, client_final) =
+                to_client_final(&stand_in, &password, &client_nonce, &server_nonce);
+            prop_assert_eq!(server.client_final(&client_final), Err(ScramError::WrongPassword));
+            let doomed = Secret { doomed: true, ..secret };
+            let (mut server, _, client_final) =
+                to_client_final(&doomed, &password, &client_nonce, &server_nonce);
+            prop_assert_eq!(server.client_final(&client_final), Err(ScramError::WrongPassword));
+        }
+
+        /// Stand-ins: deterministic per (name, secret), apart across names and secrets, shaped like real ones.
+        #[test]
+        fn stand_ins_are_deterministic_and_distinct(
+            user in any::<String>(),
+            other_user in any::<String>(),
+            cluster in any::<[u8; 32]>(),
+            other_cluster in any::<[u8; 32]>(),
+        ) {
+            let a = Secret::for_unknown_user(&user, &cluster);
+            let again = Secret::for_unknown_user(&user, &cluster);
+            prop_assert_eq!((a.iterations, a.salt.len()), (DEFAULT_ITERATIONS, DEFAULT_SALT_LEN));
+            prop_assert_eq!((&a.salt, a.stored_key, a.server_key), (&again.salt, again.stored_key, again.server_key));
+            prop_assert!(a.doomed);
+            if other_user != user {
+                prop_assert_ne!(&a.salt, &Secret::for_unknown_user(&other_user, &cluster).salt);
+            }
+            if other_cluster != cluster {
+                prop_assert_ne!(&a.salt, &Secret::for_unknown_user(&user, &other_cluster).salt);
+            }
+        }
+
+        /// Any single byte of a correct client-final changed: the exchange fails.
+        #[test]
+        fn a_mutated_client_final_fails(
+            password in password(),
+            salt in proptest::collection::vec(any::<u8>(), 0..24),
+            iterations in 1u32..16,
+            client_nonce in nonce(),
+            server_nonce in nonce(),
+            at in any::<prop::sample::Index>(),
+            flip in 1u8..=255,
+        ) {
+            let secret = secret(&password, &salt, iterations);
+            let (mut server, _, mut client_final) =
+                to_client_final(&secret, &password, &client_nonce, &server_nonce);
+            let at = at.index(client_final.len());
+            client_final[at] ^= flip;
+            prop_assert!(server.client_final(&client_final).is_err(), "byte {} changed", at);
+        }
+
+        /// Any client-first and client-final bytes: no panic, a server-first only for a usable client-first
+        /// and in the usual shape, and no success without the password.
+        #[test]
+        fn arbitrary_client_messages(
+            first in prop_oneof![client_first(), proptest::collection::vec(any::<u8>(), 0..60)],
+            last in prop_oneof![
+                proptest::collection::vec(any::<u8>(), 0..120),
+                ("[a-zA-Z0-9+/=]{0,8}", "[!-~]{0,30}", "[a-zA-Z0-9+/=]{0,48}")
+                    .prop_map(|(c, r, p)| format!("c={c},r={r},p={p}").into_bytes()),
+            ],
+            server_nonce in nonce(),
+            salt in proptest::collection::vec(any::<u8>(), 0..24),
+        ) {
+            let secret = secret("the password", &salt, 2);
+            let mut server = ServerExchange::with_nonce(secret, &server_nonce);
+            match server.client_first(&first) {
+                Ok(server_first) => {
+                    let text = String::from_utf8(server_first).unwrap();
+                    let parsed = ServerFirst::parse(&text).unwrap();
+                    prop_assert!(parsed.nonce.ends_with(&server_nonce));
+                    prop_assert_eq!((parsed.salt, parsed.iterations), (salt, 2));
+                    prop_assert!(server.client_final(&last).is_err());
+                }
+                Err(ScramError::Protocol(_)) => {
+                    prop_assert!(matches!(server.client_final(&last), Err(ScramError::Protocol(_))));
+                }
+                Err(other) => prop_assert!(false, "client-first failed with {:?}", other),
+            }
+        }
+
+        /// pgherd logging in to a hostile server: any server-first and server-final, no panic, and no
+        /// server-final accepted unless its signature was made with the ServerKey.
+        #[test]
+        fn arbitrary_server_messages(
+            client_key in any::<[u8; 32]>(),
+            server_key in any::<[u8; 32]>(),
+            client_nonce in nonce(),
+            server_nonce in nonce(),
+            salt in "[a-zA-Z0-9+/]{0,8}={0,2}",
+            iterations in "[0-9-]{0,6}",
+            junk in proptest::collection::vec(any::<u8>(), 0..80),
+            tail in prop_oneof![Just(String::new()), ",[a-z]=[a-z]{0,4}"],
+            last in proptest::collection::vec(any::<u8>(), 0..80),
+            signature in any::<[u8; 32]>(),
+        ) {
+            let mut client = keyed_client(client_key, server_key, &client_nonce);
+            let _ = keyed_client(client_key, server_key, &client_nonce).server_first(&junk);
+            let first = format!("r={client_nonce}{server_nonce},s={salt},i={iterations}{tail}");
+            let Ok(client_final) = client.server_first(first.as_bytes()) else {
+                prop_assert!(client.server_final(b"v=").is_err());
+                return Ok(());
+            };
+            let client_final = String::from_utf8(client_final).unwrap();
+            let without_proof = client_final.rsplit_once(",p=").unwrap().0;
+            let auth_message = format!("n=,r={client_nonce},{first},{without_proof}");
+            let right = hmac(&server_key, auth_message.as_bytes());
+            prop_assert_eq!(client.server_final(&last).is_ok(), last.starts_with(format!("v={}", STANDARD.encode(right)).as_bytes()) && (last.len() == 46 || last[46] == b','));
+            let forged = format!("v={}", STANDARD.encode(signature));
+            prop_assert_eq!(client.server_final(forged.as_bytes()).is_ok(), signature == right);
+            let made = format!("v={}", STANDARD.encode(right));
+            prop_assert_eq!(client.server_final(made.as_bytes()), Ok(()));
+        }
+
+        /// A client with a password answers a well-formed server-first of any (small) iteration count and salt,
+        /// and accepts only the real server's final message, never one made with another ServerKey.
+        #[test]
+        fn a_client_accepts_only_the_real_server(
+            password in password(),
+            salt in proptest::collection::vec(any::<u8>(), 0..24),
+            iterations in 1u32..16,
+            client_nonce in nonce(),
+            server_nonce in nonce(),
+            impostor_key in any::<[u8; 32]>(),
+            at in any::<prop::sample::Index>(),
+            flip in 1u8..=255,
+        ) {
+            let secret = secret(&password, &salt, iterations);
+            let (mut server, client, client_final) =
+                to_client_final(&secret, &password, &client_nonce, &server_nonce);
+            let (server_final, _) = server.client_final(&client_final).unwrap();
+            let mut mutated = server_final.clone();
+            let at = at.index(mutated.len());
+            mutated[at] ^= flip;
+            prop_assert!(client.server_final(&mutated).is_err());
+            prop_assume!(impostor_key != secret.server_key);
+            let impostor = Secret { server_key: impostor_key, ..secret };
+            let (mut server, client, client_final) =
+                to_client_final(&impostor, &password, &client_nonce, &server_nonce);
+            let (server_final, _) = server.client_final(&client_final).unwrap();
+            prop_assert!(matches!(client.server_final(&server_final), Err(ScramError::Protocol(_))));
+        }
+    }
+}
