@@ -472,7 +472,9 @@ mod props {
                 prop_assert!(*arrived >= needed, "reported at {} of {} bytes", arrived, needed);
             }
             let (at_once, ..) = feed(&m.stream, &[usize::MAX], MAX, &wants);
-            prop_assert_eq!(at_once, reports.iter().map(|(t, b, _)| (*t, b.clone(), m.stream.len())).collect::<Vec<_>>());
+            let whole_buffer: Vec<Report> =
+                reports.iter().map(|(t, b, _)| (*t, b.clone(), m.stream.len())).collect();
+            prop_assert_eq!(at_once, whole_buffer);
         }
 
         /// A stream cut anywhere: exactly the messages whose header and asked-for body part are in are
@@ -529,7 +531,8 @@ mod props {
             let (reports, _, error, _) = feed(&m.stream, &pieces, max_len, &wants);
             prop_assert_eq!(error, Some(FrameError::BadLength { tag, len: len as usize }));
             prop_assert_eq!(reports.len(), messages.len());
-            prop_assert_eq!(whole(&m.stream[m.stream.len() - 5..], max_len), Err(FrameError::BadLength { tag, len: len as usize }));
+            let header = &m.stream[m.stream.len() - 5..];
+            prop_assert_eq!(whole(header, max_len), Err(FrameError::BadLength { tag, len: len as usize }));
         }
 
         /// Stopping at a message leaves it and everything after it unscanned.
@@ -644,7 +647,10 @@ mod props {
                     prop_assert!((8..=crate::proto::MAX_STARTUP_LEN).contains(&n) && n <= junk.len());
                     prop_assert_eq!(body, &junk[4..n]);
                 }
-                Ok(None) => prop_assert!(junk.len() < 4 || u32::from_be_bytes(junk[..4].try_into().unwrap()) as usize > junk.len()),
+                Ok(None) => {
+                    let len = junk.get(..4).map(|l| u32::from_be_bytes(l.try_into().unwrap()) as usize);
+                    prop_assert!(len.is_none_or(|len| len > junk.len()));
+                }
                 Err(FrameError::BadLength { tag, len }) => {
                     prop_assert_eq!(tag, 0);
                     prop_assert!(!(8..=crate::proto::MAX_STARTUP_LEN).contains(&len));

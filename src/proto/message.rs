@@ -370,7 +370,8 @@ mod props {
                 AuthRequest::Md5 { salt } => prop_assert_eq!(&salt[..], data),
                 AuthRequest::Sasl { mechanisms } => {
                     prop_assert!(mechanisms.iter().all(|m| !m.is_empty() && !m.contains('\0')));
-                    let listed: Vec<u8> = mechanisms.iter().flat_map(|m| [m.as_bytes(), b"\0"].concat()).chain([0]).collect();
+                    let listed: Vec<u8> =
+                        mechanisms.iter().flat_map(|m| [m.as_bytes(), b"\0"].concat()).chain([0]).collect();
                     prop_assert!(data.starts_with(&listed));
                 }
                 AuthRequest::SaslContinue(d) | AuthRequest::SaslFinal(d) => prop_assert_eq!(d, data),
@@ -444,7 +445,10 @@ mod props {
             severity in field(),
             code in field(),
             text in field(),
-            others in proptest::collection::vec((any::<u8>().prop_filter("not S V C M", |k| !b"\0SVCM".contains(k)), field()), 0..4),
+            others in proptest::collection::vec(
+                (any::<u8>().prop_filter("not S V C M", |k| !b"\0SVCM".contains(k)), field()),
+                0..4,
+            ),
             junk in bytes(80),
         ) {
             let mut out = Vec::new();
