@@ -443,7 +443,7 @@ impl Derivation {
             self.u = mac.finalize().into_bytes().into();
             self.salted_password = xor(self.salted_password, &self.u);
         }
-        self.left -= now;
+        self.left -= now; // now <= left
         self.left == 0
     }
 

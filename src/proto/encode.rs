@@ -117,7 +117,7 @@ pub fn auth_md5(out: &mut Vec<u8>, salt: [u8; 4]) {
 }
 
 pub fn auth_sasl(out: &mut Vec<u8>, mechanism: &str) {
-    let mut list = Vec::with_capacity(mechanism.len() + 2);
+    let mut list = Vec::with_capacity(mechanism.len().saturating_add(2));
     cstr(&mut list, mechanism);
     list.push(0);
     authentication(out, 10, &list);

@@ -120,6 +120,7 @@ impl Scanner {
         loop {
             let mut rest = buf.get(pos..).unwrap_or_default();
             if self.body_left > 0 {
+                // step <= body_left, and step <= rest.len() keeps pos <= buf.len().
                 let step = self.body_left.min(rest.len());
                 self.body_left -= step;
                 pos += step;

@@ -39,6 +39,7 @@ impl Startup {
                     params.push((key.to_owned(), fields.next()?.to_owned()));
                 }
                 fields.0.is_empty().then_some(Startup::Session {
+                    // The low 16 bits are the minor version (the high ones, 3, were matched above).
                     minor: v as u16,
                     params,
                 })
