@@ -37,6 +37,7 @@ fn hex_md5(a: &[u8], b: &[u8]) -> String {
     // One allocation: a login runs this once per client.
     let mut hex = String::with_capacity(32);
     for byte in hasher.finalize() {
+        // Both indexes are nibbles, below 16 = DIGITS.len().
         hex.push(DIGITS[usize::from(byte >> 4)].into());
         hex.push(DIGITS[usize::from(byte & 15)].into());
     }
@@ -88,5 +89,69 @@ mod tests {
         assert!(!verify(STORED, SALT, b""));
         assert!(!verify("secret", SALT, RESPONSE));
         assert_eq!(client_response("", SALT).len(), 35);
+    }
+}
+
+#[cfg(test)]
+mod props {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn text() -> impl Strategy<Value = String> {
+        prop_oneof![any::<String>(), "[a-z0-9]{0,12}"]
+    }
+
+    proptest! {
+        #![proptest_config(crate::fuzzing::config())]
+
+        /// The response a client computes from the password is accepted, with or without its terminator.
+        #[test]
+        fn the_right_response_is_accepted(user in text(), password in text(), salt in any::<[u8; 4]>()) {
+            let stored = stored_hash(&user, &password);
+            let response = client_response(&stored, salt);
+            prop_assert!(verify(&stored, salt, &response));
+            prop_assert!(verify(&stored, salt, &[&response[..], b"\0"].concat()));
+        }
+
+        /// Anything else is refused: random responses, any one byte changed, another salt, another password.
+        #[test]
+        fn only_the_right_response_is_accepted(
+            user in text(),
+            password in text(),
+            other in text(),
+            salt in any::<[u8; 4]>(),
+            other_salt in any::<[u8; 4]>(),
+            random in proptest::collection::vec(any::<u8>(), 0..40),
+            hex in "md5[0-9a-f]{32}",
+            at in any::<prop::sample::Index>(),
+            flip in 1u8..=255,
+        ) {
+            let stored = stored_hash(&user, &password);
+            let right = client_response(&stored, salt);
+            let accepted = |r: &[u8]| r == &right[..] || r == [&right[..], b"\0"].concat();
+            prop_assert_eq!(verify(&stored, salt, &random), accepted(&random));
+            prop_assert_eq!(verify(&stored, salt, hex.as_bytes()), accepted(hex.as_bytes()));
+            let mut mutated = right.clone();
+            mutated[at.index(right.len())] ^= flip;
+            prop_assert!(!verify(&stored, salt, &mutated));
+            if other_salt != salt {
+                prop_assert!(!verify(&stored, other_salt, &right));
+            }
+            if other != password {
+                prop_assert!(!verify(&stored_hash(&user, &other), salt, &right));
+            }
+        }
+
+        /// Any stored string and any response: no panic, and nothing but a well-formed md5 entry accepts.
+        #[test]
+        fn arbitrary_entries_and_responses(
+            stored in prop_oneof![any::<String>(), "md5.{0,34}"],
+            salt in any::<[u8; 4]>(),
+            response in proptest::collection::vec(any::<u8>(), 0..40),
+        ) {
+            let accepted = verify(&stored, salt, &response);
+            prop_assert!(!accepted || (stored.len() == 35 && stored.starts_with("md5")));
+            prop_assert_eq!(client_response(&stored, salt).len(), 35);
+        }
     }
 }

@@ -32,6 +32,7 @@ pub fn bytes<const N: usize>() -> [u8; N] {
                 getrandom::getrandom(&mut reserve.bytes).expect("the OS random source failed");
                 reserve.drawn = 0;
             }
+            // filled < N and drawn < BATCH here, so n >= 1 and both ranges below are in bounds.
             let n = (N - filled).min(BATCH - reserve.drawn);
             let taken = &mut reserve.bytes[reserve.drawn..reserve.drawn + n];
             out[filled..filled + n].copy_from_slice(taken);

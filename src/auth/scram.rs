@@ -21,6 +21,10 @@ const GS2_HEADER: &str = "n,,";
 
 type HmacSha256 = Hmac<Sha256>;
 
+/// PostgreSQL's defaults for a new verifier, which pgherd's own verifiers use too.
+const DEFAULT_ITERATIONS: u32 = 4096;
+const DEFAULT_SALT_LEN: usize = 16;
+
 /// A SCRAM verifier: what the server stores instead of the password.
 #[derive(Clone)]
 pub struct Secret {
@@ -28,6 +32,8 @@ pub struct Secret {
     pub salt: Vec<u8>,
     pub stored_key: [u8; 32],
     pub server_key: [u8; 32],
+    /// A stand-in for a user that does not exist ([`Secret::for_unknown_user`]): no proof is ever accepted.
+    doomed: bool,
 }
 
 /// Keys are secrets: show only what identifies the verifier.
@@ -35,6 +41,7 @@ impl std::fmt::Debug for Secret {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Secret")
             .field("iterations", &self.iterations)
+            .field("doomed", &self.doomed)
             .finish_non_exhaustive()
     }
 }
@@ -54,6 +61,7 @@ impl Secret {
             salt: STANDARD.decode(salt).ok()?,
             stored_key: decode_key(stored_key)?,
             server_key: decode_key(server_key)?,
+            doomed: false,
         })
     }
 
@@ -64,12 +72,48 @@ impl Secret {
             salt: salt.to_vec(),
             stored_key: sha256(&client_key),
             server_key,
+            doomed: false,
         }
     }
 
     /// A fresh verifier with PostgreSQL's defaults (16-byte salt, 4096 iterations).
     pub fn generate(password: &str) -> Secret {
-        Secret::from_password(password, &random::bytes::<16>(), 4096)
+        Secret::from_password(
+            password,
+            &random::bytes::<DEFAULT_SALT_LEN>(),
+            DEFAULT_ITERATIONS,
+        )
+    }
+
+    /// A stand-in verifier for a user that does not exist, so that a login as that user gets the same
+    /// challenge as a real one and fails the same way, and user names cannot be told apart by trying them
+    /// (PostgreSQL does the same with its "mock" salt). Pure: the same `user` and `server_secret` give the same
+    /// verifier, in any process that keeps the secret.
+    ///
+    /// - Iterations and salt length are those of [`Secret::generate`] (4096, 16 bytes).
+    /// - The salt is HMAC-SHA-256 keyed with `server_secret` over the user name, cut to 16 bytes: the same
+    ///   name always gets the same salt, different names get unrelated salts, and without the secret nobody
+    ///   can tell a stand-in's salt from a real random one.
+    /// - The exchange is doomed: [`ServerExchange::client_final`] answers every client-final that is well
+    ///   formed with [`ScramError::WrongPassword`], after the same work as for a real verifier. The keys are
+    ///   derived from the secret too (nobody knows a password for them), so even without that flag no proof
+    ///   could match.
+    pub fn for_unknown_user(user: &str, server_secret: &[u8; 32]) -> Secret {
+        // Labels end in NUL, which no user name holds, so (label, name) pairs cannot collide.
+        let derive = |label: &[u8]| {
+            let mut mac = keyed(server_secret);
+            mac.update(label);
+            mac.update(user.as_bytes());
+            <[u8; 32]>::from(mac.finalize().into_bytes())
+        };
+        let salt = derive(b"pgherd stand-in salt\0");
+        Secret {
+            iterations: DEFAULT_ITERATIONS,
+            salt: salt.get(..DEFAULT_SALT_LEN).unwrap_or(&salt).to_vec(),
+            stored_key: derive(b"pgherd stand-in StoredKey\0"),
+            server_key: derive(b"pgherd stand-in ServerKey\0"),
+            doomed: true,
+        }
     }
 }
 
@@ -186,7 +230,8 @@ impl ServerExchange {
         let auth_message = format!("{auth_prefix}{without_proof}");
         let client_signature = hmac(&self.secret.stored_key, auth_message.as_bytes());
         let client_key = xor(proof, &client_signature);
-        if !ct_eq(&sha256(&client_key), &self.secret.stored_key) {
+        // `|`, not `||`: a stand-in does the same work as a real verifier before it fails.
+        if !ct_eq(&sha256(&client_key), &self.secret.stored_key) | self.secret.doomed {
             return Err(ScramError::WrongPassword);
         }
         let server_signature = hmac(&self.secret.server_key, auth_message.as_bytes());
@@ -376,8 +421,7 @@ pub struct Derivation {
 
 impl Derivation {
     pub fn new(password: &str, salt: &[u8], iterations: u32) -> Derivation {
-        let prf =
-            HmacSha256::new_from_slice(password.as_bytes()).expect("HMAC takes any key length");
+        let prf = keyed(password.as_bytes());
         let mut mac = prf.clone();
         mac.update(salt);
         mac.update(&1u32.to_be_bytes());
@@ -399,12 +443,13 @@ impl Derivation {
             self.u = mac.finalize().into_bytes().into();
             self.salted_password = xor(self.salted_password, &self.u);
         }
-        self.left -= now;
+        self.left -= now; // now <= left
         self.left == 0
     }
 
     /// (ClientKey, ServerKey), once `step` has returned true.
     pub fn keys(&self) -> ([u8; 32], [u8; 32]) {
+        // The caller's contract, whatever the input: `left` counts iterations, not bytes of a message.
         debug_assert_eq!(self.left, 0, "keys of an unfinished derivation");
         (
             hmac(&self.salted_password, b"Client Key"),
@@ -413,8 +458,15 @@ impl Derivation {
     }
 }
 
+/// HMAC-SHA-256 keyed with `key`.
+fn keyed(key: &[u8]) -> HmacSha256 {
+    // Cannot fail: HMAC hashes a key longer than a block and pads a shorter one, so every length is valid
+    // (hmac 0.12 returns InvalidLength only for MACs with a fixed key size, which HMAC is not).
+    HmacSha256::new_from_slice(key).expect("HMAC takes any key length")
+}
+
 fn hmac(key: &[u8], data: &[u8]) -> [u8; 32] {
-    let mut mac = HmacSha256::new_from_slice(key).expect("HMAC takes any key length");
+    let mut mac = keyed(key);
     mac.update(data);
     mac.finalize().into_bytes().into()
 }
@@ -444,6 +496,7 @@ fn decode_32(s: &str, what: &str) -> Result<[u8; 32], ScramError> {
 /// or authorization identity, as PostgreSQL does without SSL.
 fn split_gs2_header(msg: &str) -> Result<(&str, &str), ScramError> {
     match msg.get(..3) {
+        // get() returned the first 3 bytes as a str: 3 is in bounds and on a character boundary.
         Some("n,," | "y,,") => Ok(msg.split_at(3)),
         _ if msg.starts_with("p=") => Err(protocol("channel binding requested but not offered")),
         _ => Err(protocol("unsupported gs2 header")),
@@ -746,5 +799,333 @@ mod tests {
         let client_final = client.server_first(&server_first).unwrap();
         let (server_final, _) = server.client_final(&client_final).unwrap();
         client.server_final(&server_final).unwrap();
+    }
+
+    const CLUSTER_SECRET: [u8; 32] = [7; 32];
+
+    #[test]
+    fn a_stand_in_is_the_same_for_the_same_name_and_secret() {
+        let a = Secret::for_unknown_user("mallory", &CLUSTER_SECRET);
+        let b = Secret::for_unknown_user("mallory", &CLUSTER_SECRET);
+        assert_eq!((a.iterations, a.salt.len()), (4096, 16));
+        assert_eq!(
+            (&a.salt, a.stored_key, a.server_key, a.iterations),
+            (&b.salt, b.stored_key, b.server_key, b.iterations)
+        );
+        let other_name = Secret::for_unknown_user("mallory2", &CLUSTER_SECRET);
+        let other_secret = Secret::for_unknown_user("mallory", &[8; 32]);
+        assert_ne!(a.salt, other_name.salt);
+        assert_ne!(a.salt, other_secret.salt);
+        assert_ne!(a.stored_key, other_name.stored_key);
+        assert_ne!(
+            a.salt[..],
+            a.stored_key[..16],
+            "salt and keys are derived apart"
+        );
+    }
+
+    #[test]
+    fn a_stand_in_challenges_like_a_real_verifier_and_fails_like_a_wrong_password() {
+        let real = Secret::generate("hunter2");
+        let stand_in = Secret::for_unknown_user("nobody", &CLUSTER_SECRET);
+        let mut real_server = ServerExchange::with_nonce(real, "servernonce");
+        let mut fake_server = ServerExchange::with_nonce(stand_in.clone(), "servernonce");
+        let first = b"n,,n=,r=clientnonce";
+        let real_first = real_server.client_first(first).unwrap();
+        let fake_first = fake_server.client_first(first).unwrap();
+        let shape = |m: &[u8]| {
+            let m = std::str::from_utf8(m).unwrap().to_owned();
+            let first = ServerFirst::parse(&m).unwrap();
+            (
+                m.len(),
+                first.nonce.to_owned(),
+                first.salt.len(),
+                first.iterations,
+            )
+        };
+        assert_eq!(shape(&real_first), shape(&fake_first));
+        assert_eq!(
+            std::str::from_utf8(&fake_first).unwrap(),
+            format!(
+                "r=clientnonceservernonce,s={},i=4096",
+                STANDARD.encode(&stand_in.salt)
+            )
+        );
+        // A client following the protocol to the letter, whatever its password.
+        for password in ["", "hunter2", "nobody"] {
+            let client = ClientExchange::with_nonce(password, "clientnonce");
+            let mut server = ServerExchange::with_nonce(stand_in.clone(), "servernonce");
+            assert_eq!(run(client, &mut server), Err(ScramError::WrongPassword));
+        }
+    }
+
+    #[test]
+    fn a_doomed_exchange_fails_even_the_right_proof() {
+        let secret = Secret {
+            doomed: true,
+            ..test_secret()
+        };
+        let client = ClientExchange::with_nonce("hunter2", "clientnonce");
+        let mut server = ServerExchange::with_nonce(secret, "servernonce");
+        assert_eq!(run(client, &mut server), Err(ScramError::WrongPassword));
+        // And a malformed client-final is refused as for any verifier.
+        let mut server =
+            ServerExchange::with_nonce(Secret::for_unknown_user("nobody", &CLUSTER_SECRET), "S");
+        server.client_first(b"n,,n=,r=c").unwrap();
+        assert!(is_protocol_error(
+            server.client_final(b"c=biws,r=cX,p=AAAA")
+        ));
+    }
+}
+
+#[cfg(test)]
+mod props {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// Printable nonces without commas, as both sides make them.
+    fn nonce() -> impl Strategy<Value = String> {
+        "[!-+--~]{1,24}"
+    }
+
+    fn password() -> impl Strategy<Value = String> {
+        prop_oneof!["[a-zA-Z0-9]{0,12}", any::<String>()]
+    }
+
+    /// A verifier with few iterations: the properties do not depend on the count, and debug-build PBKDF2
+    /// is slow.
+    fn secret(password: &str, salt: &[u8], iterations: u32) -> Secret {
+        Secret::from_password(password, salt, iterations)
+    }
+
+    fn client(password: &str, nonce: &str) -> ClientExchange {
+        ClientExchange::with_nonce(password, nonce)
+    }
+
+    /// A client that knows keys, not a password: no derivation, whatever the server asks.
+    fn keyed_client(client_key: [u8; 32], server_key: [u8; 32], nonce: &str) -> ClientExchange {
+        ClientExchange {
+            credentials: Credentials::Keys {
+                client_key,
+                server_key,
+            },
+            nonce: nonce.to_owned(),
+            server_signature: None,
+        }
+    }
+
+    /// Runs the first half of a correct exchange: (server after client-first, client-final).
+    fn to_client_final(
+        secret: &Secret,
+        password: &str,
+        client_nonce: &str,
+        server_nonce: &str,
+    ) -> (ServerExchange, ClientExchange, Vec<u8>) {
+        let mut client = client(password, client_nonce);
+        let mut server = ServerExchange::with_nonce(secret.clone(), server_nonce);
+        let server_first = server.client_first(&client.client_first()).unwrap();
+        let client_final = client.server_first(&server_first).unwrap();
+        (server, client, client_final)
+    }
+
+    /// client-first-messages as clients write them, with the parts a hostile one would vary.
+    fn client_first() -> impl Strategy<Value = Vec<u8>> {
+        let header = prop_oneof![
+            Just("n,,".to_owned()),
+            Just("y,,".to_owned()),
+            Just("p=tls-server-end-point,,".to_owned()),
+            "[a-z=,]{0,6}",
+        ];
+        let user = prop_oneof![Just(String::new()), "[a-z=,]{0,6}"];
+        let nonce = prop_oneof![nonce(), any::<String>()];
+        let tail = prop_oneof![Just(String::new()), ",[a-z]=[a-z]{0,4}", any::<String>()];
+        (header, user, nonce, tail)
+            .prop_map(|(h, u, r, t)| format!("{h}n={u},r={r}{t}").into_bytes())
+    }
+
+    proptest! {
+        #![proptest_config(crate::fuzzing::config())]
+
+        /// A client with the right password always gets in, the server learns its ClientKey, and the client
+        /// accepts the server's signature.
+        #[test]
+        fn the_right_password_succeeds(
+            password in password(),
+            salt in proptest::collection::vec(any::<u8>(), 0..24),
+            iterations in 1u32..16,
+            client_nonce in nonce(),
+            server_nonce in nonce(),
+        ) {
+            let secret = secret(&password, &salt, iterations);
+            let (mut server, client, client_final) =
+                to_client_final(&secret, &password, &client_nonce, &server_nonce);
+            let (server_final, client_key) = server.client_final(&client_final).unwrap();
+            prop_assert_eq!(sha256(&client_key), secret.stored_key);
+            prop_assert_eq!(client.server_final(&server_final), Ok(()));
+        }
+
+        /// Another password fails as a wrong password, and a stand-in fails every password.
+        #[test]
+        fn a_wrong_password_or_a_stand_in_fails(
+            password in password(),
+            other in password(),
+            salt in proptest::collection::vec(any::<u8>(), 0..24),
+            iterations in 1u32..16,
+            client_nonce in nonce(),
+            server_nonce in nonce(),
+            user in any::<String>(),
+            cluster in any::<[u8; 32]>(),
+        ) {
+            prop_assume!(password != other);
+            let secret = secret(&password, &salt, iterations);
+            let (mut server, _, client_final) =
+                to_client_final(&secret, &other, &client_nonce, &server_nonce);
+            prop_assert_eq!(server.client_final(&client_final), Err(ScramError::WrongPassword));
+
+            // A stand-in of few iterations, so the client can run it: even the keys' owner fails.
+            let stand_in = Secret { iterations, ..Secret::for_unknown_user(&user, &cluster) };
+            let (mut server, _, client_final) =
+                to_client_final(&stand_in, &password, &client_nonce, &server_nonce);
+            prop_assert_eq!(server.client_final(&client_final), Err(ScramError::WrongPassword));
+            let doomed = Secret { doomed: true, ..secret };
+            let (mut server, _, client_final) =
+                to_client_final(&doomed, &password, &client_nonce, &server_nonce);
+            prop_assert_eq!(server.client_final(&client_final), Err(ScramError::WrongPassword));
+        }
+
+        /// Stand-ins: deterministic per (name, secret), apart across names and secrets, shaped like real ones.
+        #[test]
+        fn stand_ins_are_deterministic_and_distinct(
+            user in any::<String>(),
+            other_user in any::<String>(),
+            cluster in any::<[u8; 32]>(),
+            other_cluster in any::<[u8; 32]>(),
+        ) {
+            let a = Secret::for_unknown_user(&user, &cluster);
+            let again = Secret::for_unknown_user(&user, &cluster);
+            prop_assert_eq!((a.iterations, a.salt.len()), (DEFAULT_ITERATIONS, DEFAULT_SALT_LEN));
+            prop_assert_eq!((&a.salt, a.stored_key, a.server_key), (&again.salt, again.stored_key, again.server_key));
+            prop_assert!(a.doomed);
+            if other_user != user {
+                prop_assert_ne!(&a.salt, &Secret::for_unknown_user(&other_user, &cluster).salt);
+            }
+            if other_cluster != cluster {
+                prop_assert_ne!(&a.salt, &Secret::for_unknown_user(&user, &other_cluster).salt);
+            }
+        }
+
+        /// Any single byte of a correct client-final changed: the exchange fails.
+        #[test]
+        fn a_mutated_client_final_fails(
+            password in password(),
+            salt in proptest::collection::vec(any::<u8>(), 0..24),
+            iterations in 1u32..16,
+            client_nonce in nonce(),
+            server_nonce in nonce(),
+            at in any::<prop::sample::Index>(),
+            flip in 1u8..=255,
+        ) {
+            let secret = secret(&password, &salt, iterations);
+            let (mut server, _, mut client_final) =
+                to_client_final(&secret, &password, &client_nonce, &server_nonce);
+            let at = at.index(client_final.len());
+            client_final[at] ^= flip;
+            prop_assert!(server.client_final(&client_final).is_err(), "byte {} changed", at);
+        }
+
+        /// Any client-first and client-final bytes: no panic, a server-first only for a usable client-first
+        /// and in the usual shape, and no success without the password.
+        #[test]
+        fn arbitrary_client_messages(
+            first in prop_oneof![client_first(), proptest::collection::vec(any::<u8>(), 0..60)],
+            last in prop_oneof![
+                proptest::collection::vec(any::<u8>(), 0..120),
+                ("[a-zA-Z0-9+/=]{0,8}", "[!-~]{0,30}", "[a-zA-Z0-9+/=]{0,48}")
+                    .prop_map(|(c, r, p)| format!("c={c},r={r},p={p}").into_bytes()),
+            ],
+            server_nonce in nonce(),
+            salt in proptest::collection::vec(any::<u8>(), 0..24),
+        ) {
+            let secret = secret("the password", &salt, 2);
+            let mut server = ServerExchange::with_nonce(secret, &server_nonce);
+            match server.client_first(&first) {
+                Ok(server_first) => {
+                    let text = String::from_utf8(server_first).unwrap();
+                    let parsed = ServerFirst::parse(&text).unwrap();
+                    prop_assert!(parsed.nonce.ends_with(&server_nonce));
+                    prop_assert_eq!((parsed.salt, parsed.iterations), (salt, 2));
+                    prop_assert!(server.client_final(&last).is_err());
+                }
+                Err(ScramError::Protocol(_)) => {
+                    prop_assert!(matches!(server.client_final(&last), Err(ScramError::Protocol(_))));
+                }
+                Err(other) => prop_assert!(false, "client-first failed with {:?}", other),
+            }
+        }
+
+        /// pgherd logging in to a hostile server: any server-first and server-final, no panic, and no
+        /// server-final accepted unless its signature was made with the ServerKey.
+        #[test]
+        fn arbitrary_server_messages(
+            client_key in any::<[u8; 32]>(),
+            server_key in any::<[u8; 32]>(),
+            client_nonce in nonce(),
+            server_nonce in nonce(),
+            salt in "[a-zA-Z0-9+/]{0,8}={0,2}",
+            iterations in "[0-9-]{0,6}",
+            junk in proptest::collection::vec(any::<u8>(), 0..80),
+            tail in prop_oneof![Just(String::new()), ",[a-z]=[a-z]{0,4}"],
+            last in proptest::collection::vec(any::<u8>(), 0..80),
+            signature in any::<[u8; 32]>(),
+        ) {
+            let mut client = keyed_client(client_key, server_key, &client_nonce);
+            let _ = keyed_client(client_key, server_key, &client_nonce).server_first(&junk);
+            let first = format!("r={client_nonce}{server_nonce},s={salt},i={iterations}{tail}");
+            let Ok(client_final) = client.server_first(first.as_bytes()) else {
+                prop_assert!(client.server_final(b"v=").is_err());
+                return Ok(());
+            };
+            let client_final = String::from_utf8(client_final).unwrap();
+            let without_proof = client_final.rsplit_once(",p=").unwrap().0;
+            let auth_message = format!("n=,r={client_nonce},{first},{without_proof}");
+            let right = hmac(&server_key, auth_message.as_bytes());
+            // The first attribute is all that counts: `v=` and the right signature, then the end or a comma.
+            let signed = format!("v={}", STANDARD.encode(right));
+            let first = last.split(|&b| b == b',').next().unwrap_or_default();
+            prop_assert_eq!(client.server_final(&last).is_ok(), first == signed.as_bytes());
+            let forged = format!("v={}", STANDARD.encode(signature));
+            prop_assert_eq!(client.server_final(forged.as_bytes()).is_ok(), signature == right);
+            let made = format!("v={}", STANDARD.encode(right));
+            prop_assert_eq!(client.server_final(made.as_bytes()), Ok(()));
+        }
+
+        /// A client with a password answers a well-formed server-first of any (small) iteration count and salt,
+        /// and accepts only the real server's final message, never one made with another ServerKey.
+        #[test]
+        fn a_client_accepts_only_the_real_server(
+            password in password(),
+            salt in proptest::collection::vec(any::<u8>(), 0..24),
+            iterations in 1u32..16,
+            client_nonce in nonce(),
+            server_nonce in nonce(),
+            impostor_key in any::<[u8; 32]>(),
+            at in any::<prop::sample::Index>(),
+            flip in 1u8..=255,
+        ) {
+            let secret = secret(&password, &salt, iterations);
+            let (mut server, client, client_final) =
+                to_client_final(&secret, &password, &client_nonce, &server_nonce);
+            let (server_final, _) = server.client_final(&client_final).unwrap();
+            let mut mutated = server_final.clone();
+            let at = at.index(mutated.len());
+            mutated[at] ^= flip;
+            prop_assert!(client.server_final(&mutated).is_err());
+            prop_assume!(impostor_key != secret.server_key);
+            let impostor = Secret { server_key: impostor_key, ..secret };
+            let (mut server, client, client_final) =
+                to_client_final(&impostor, &password, &client_nonce, &server_nonce);
+            let (server_final, _) = server.client_final(&client_final).unwrap();
+            prop_assert!(matches!(client.server_final(&server_final), Err(ScramError::Protocol(_))));
+        }
     }
 }

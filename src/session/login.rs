@@ -11,7 +11,7 @@ use super::Fatal;
 use crate::auth::{md5, random, scram};
 use crate::config::{ClientAuth, ServerPassword};
 use crate::proto::message::{self, Startup};
-use crate::proto::{encode, frame, sqlstate, MAX_LOGIN_MESSAGE_LEN};
+use crate::proto::{encode, frame, sqlstate, MAX_LOGIN_MESSAGE_LEN, PROTOCOL_3_0};
 use crate::shard::{AcquireError, Admission, PoolKey, Shard};
 
 /// A logged-in client, greeted and ready for its first query.
@@ -112,7 +112,7 @@ pub async fn login(shard: &Shard, stream: &mut TcpStream) -> Result<Outcome, Fat
         .filter(|k| k.starts_with("_pq_."))
         .collect();
     if minor > 0 || !unknown.is_empty() {
-        encode::negotiate_protocol_version(&mut out, 0, &unknown);
+        encode::negotiate_protocol_version(&mut out, PROTOCOL_3_0, &unknown);
     }
     let param = |name: &str| {
         params
