@@ -77,6 +77,11 @@ struct File {
     /// Seconds a looked-up password (or its absence) is trusted before the next login looks again. Default 60.
     #[serde(default = "secs::<60>", deserialize_with = "seconds")]
     auth_query_cache_ttl: Duration,
+    /// Any text; what pgherd derives the SCRAM salt it shows for a user name that does not exist from (as
+    /// PostgreSQL derives it from its cluster's secret), so the same name gets the same challenge across
+    /// restarts and a client cannot tell unknown names from known ones. Default: derived from the [users]
+    /// passwords and auth_user, so the salts change when they do; set it to keep them steady.
+    auth_unknown_user_secret: Option<String>,
     /// listen(2) backlog of each shard's listener (capped by net.core.somaxconn). Default 4096.
     #[serde(default = "default_backlog")]
     listen_backlog: u32,
@@ -313,6 +318,8 @@ pub struct Config {
     pub auth_query_cache_ttl: Duration,
     pub auth_query_cache_size: usize,
     pub auth_query_connections: usize,
+    /// Keys the stand-in SCRAM secrets of unknown users (see `auth_unknown_user_secret`).
+    pub unknown_user_secret: [u8; 32],
 }
 
 #[derive(Debug)]
@@ -437,6 +444,7 @@ impl Config {
                 return Err(fail(key, format!("{key}: must be at least 1")));
             }
         }
+        let unknown_user_secret = unknown_user_secret(&file);
         let mut databases = Vec::new();
         for (name, d) in file.databases {
             let header = format!("[databases.{name}]");
@@ -493,6 +501,7 @@ impl Config {
             auth_query_cache_ttl: file.auth_query_cache_ttl,
             auth_query_cache_size: file.auth_query_cache_size,
             auth_query_connections: file.auth_query_connections,
+            unknown_user_secret,
             listen: file.listen,
             workers: file.workers,
             max_client_conn: file.max_client_conn,
@@ -519,6 +528,26 @@ impl Config {
             users,
         })
     }
+}
+
+/// The configured `auth_unknown_user_secret`, or one derived from what only the operator knows: the users'
+/// passwords as written.
+fn unknown_user_secret(file: &File) -> [u8; 32] {
+    use sha2::{Digest, Sha256};
+    let mut hash = Sha256::new();
+    hash.update(b"pgherd unknown-user secret\0");
+    match &file.auth_unknown_user_secret {
+        Some(secret) => hash.update(secret.as_bytes()),
+        None => {
+            for (name, user) in &file.users {
+                for part in [name.as_bytes(), b"\0", user.password.as_bytes(), b"\0"] {
+                    hash.update(part);
+                }
+            }
+            hash.update(file.auth_user.as_deref().unwrap_or("").as_bytes());
+        }
+    }
+    hash.finalize().into()
 }
 
 fn is_md5_hash(password: &str) -> bool {

@@ -394,8 +394,8 @@ fn ssl_request_is_refused_and_a_newer_protocol_is_negotiated_down() {
     s.read_exact(&mut body).unwrap();
     assert_eq!(
         &body[..8],
-        &[0, 0, 0, 0, 0, 0, 0, 1],
-        "minor 0, one unknown option"
+        &[0, 3, 0, 0, 0, 0, 0, 1],
+        "the newest version, 3.0, as (3 << 16) | 0, and one unknown option"
     );
     assert_eq!(&body[8..], b"_pq_.magic\0");
     s.read_exact(&mut header).unwrap();
@@ -707,4 +707,89 @@ async fn logins_in_progress_are_bounded_per_shard() {
     }
     let c = in_again.expect("a client logs in once the stalled logins have gone");
     assert_eq!(value::<i32>(&c, "SELECT 3").await, 3);
+}
+
+/// Reads one message: (tag, body).
+fn read_message(stream: &mut TcpStream) -> (u8, Vec<u8>) {
+    let mut head = [0u8; 5];
+    stream.read_exact(&mut head).unwrap();
+    let len = u32::from_be_bytes([head[1], head[2], head[3], head[4]]) as usize;
+    let mut body = vec![0; len - 4];
+    stream.read_exact(&mut body).unwrap();
+    (head[0], body)
+}
+
+/// What a login as `user` is asked: the SASL mechanism list, then the SCRAM server-first message with the
+/// salt and iteration count, for a client-first with a fixed nonce.
+fn scram_challenge(port: u16, user: &str) -> (Vec<u8>, String) {
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut body = 196_608u32.to_be_bytes().to_vec();
+    for part in ["user", user, "database", "app", ""] {
+        body.extend_from_slice(part.as_bytes());
+        body.push(0);
+    }
+    let mut packet = ((body.len() + 4) as u32).to_be_bytes().to_vec();
+    packet.extend_from_slice(&body);
+    stream.write_all(&packet).unwrap();
+    let (tag, mechanisms) = read_message(&mut stream);
+    assert_eq!(tag, b'R');
+    let first = b"n,,n=,r=fixednonce0123456789";
+    let mut initial = b"SCRAM-SHA-256\0".to_vec();
+    initial.extend_from_slice(&(first.len() as u32).to_be_bytes());
+    initial.extend_from_slice(first);
+    let mut message = vec![b'p'];
+    message.extend_from_slice(&((initial.len() + 4) as u32).to_be_bytes());
+    message.extend_from_slice(&initial);
+    stream.write_all(&message).unwrap();
+    let (tag, server_first) = read_message(&mut stream);
+    assert_eq!(tag, b'R', "{}", String::from_utf8_lossy(&server_first));
+    assert_eq!(server_first[..4], 11u32.to_be_bytes(), "SASLContinue");
+    (
+        mechanisms,
+        String::from_utf8_lossy(&server_first[4..]).into_owned(),
+    )
+}
+
+/// The salt and iteration count of a server-first message, without the nonce (random per login).
+fn salt_and_iterations(server_first: &str) -> String {
+    server_first
+        .split(',')
+        .filter(|f| !f.starts_with("r="))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unknown_users_get_the_same_challenge_as_known_ones() {
+    let Fixture { pg: _pg, herd } = fixture("transaction", 2, "workers = 2");
+    let (known_mechanisms, known) = scram_challenge(herd.port, "app");
+    let (unknown_mechanisms, unknown) = scram_challenge(herd.port, "nobody");
+    assert_eq!(known_mechanisms, unknown_mechanisms);
+    let shape = |s: &str| -> Vec<String> {
+        s.split(',')
+            .map(|f| f.split_once('=').map_or(0, |(_, v)| v.len()).to_string())
+            .collect()
+    };
+    assert_eq!(shape(&known), shape(&unknown), "{known} / {unknown}");
+    assert!(unknown.contains(",i=4096"), "{unknown}");
+    // The same name gets the same salt every time (on any shard), another name another one.
+    let again = salt_and_iterations(&scram_challenge(herd.port, "nobody").1);
+    assert_eq!(salt_and_iterations(&unknown), again);
+    assert_ne!(
+        salt_and_iterations(&scram_challenge(herd.port, "nobody2").1),
+        again
+    );
+    let err = try_connect(herd.port, "nobody", "secret", "app")
+        .await
+        .expect_err("no such user");
+    assert_eq!(err.code().map(|c| c.code()), Some("28P01"));
+    // And across a restart, as PostgreSQL's salts for unknown roles are.
+    let herd = herd.restarted_with(|body| body);
+    assert_eq!(
+        salt_and_iterations(&scram_challenge(herd.port, "nobody").1),
+        again
+    );
 }

@@ -9,7 +9,7 @@ use glommio::net::TcpStream;
 use super::params::StartupParams;
 use super::Fatal;
 use crate::auth::{md5, random, scram};
-use crate::config::{ClientAuth, ServerPassword};
+use crate::config::{AuthType, ClientAuth, ServerPassword};
 use crate::proto::message::{self, Startup};
 use crate::proto::{encode, frame, sqlstate, MAX_LOGIN_MESSAGE_LEN, PROTOCOL_3_0};
 use crate::shard::{AcquireError, Admission, PoolKey, Shard};
@@ -160,6 +160,20 @@ pub async fn login(shard: &Shard, stream: &mut TcpStream) -> Result<Outcome, Fat
             "login refused for unknown user \"{user_name}\" from {}",
             super::Peer(stream)
         );
+        // As PostgreSQL does: the same challenge as for a real user, then 28P01, so names cannot be probed.
+        let stand_in = match config.auth_type {
+            AuthType::Trust => return Err(wrong_password(user_name)),
+            // A hash of random bytes: no response matches it.
+            AuthType::Md5 => ClientAuth::Md5(md5::stored_hash(
+                user_name,
+                &String::from_utf8_lossy(&random::bytes::<16>()),
+            )),
+            AuthType::ScramSha256 => ClientAuth::Scram(scram::Secret::for_unknown_user(
+                user_name,
+                &config.unknown_user_secret,
+            )),
+        };
+        authenticate(&stand_in, user_name, stream, &mut inbox, &mut out).await?;
         return Err(wrong_password(user_name));
     };
     let record = shard.shared.user(user);
