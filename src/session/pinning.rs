@@ -20,11 +20,15 @@ impl Pins {
     pub const HOLD_CURSOR: Pins = Pins(1 << 2);
     pub const TEMP_OBJECT: Pins = Pins(1 << 3);
     pub const ADVISORY_LOCK: Pins = Pins(1 << 4);
-    /// SET ROLE, SET SESSION AUTHORIZATION, settings pgherd cannot name (quoted names, set_config it cannot
-    /// read) and SQL it cannot read (dynamic SQL in a DO block, a DO block in another language).
+    /// SET SESSION AUTHORIZATION and SESSION CHARACTERISTICS, settings pgherd cannot name (quoted names,
+    /// set_config it cannot read) and SQL it cannot read (dynamic SQL in a DO block, a DO block in another
+    /// language). Only DISCARD ALL clears it: RESET ALL leaves the session authorization (and the role, which an
+    /// unnamed setting may be) as they are.
     pub const SETTING: Pins = Pins(1 << 5);
     /// LOAD, and SQL too long to scan: nothing but the end of the session undoes them.
     pub const PERMANENT: Pins = Pins(1 << 6);
+    /// SET ROLE: RESET ROLE and SET ROLE NONE clear it, RESET ALL does not.
+    pub const ROLE: Pins = Pins(1 << 7);
     pub const ALL: Pins = Pins(u16::MAX);
 
     pub fn is_empty(self) -> bool {
@@ -53,8 +57,12 @@ impl fmt::Display for Pins {
             (Pins::HOLD_CURSOR, "WITH HOLD cursor"),
             (Pins::TEMP_OBJECT, "temporary object"),
             (Pins::ADVISORY_LOCK, "session advisory lock"),
-            (Pins::SETTING, "role, unnamed setting or unreadable SQL"),
+            (
+                Pins::SETTING,
+                "session authorization, unnamed setting or unreadable SQL",
+            ),
             (Pins::PERMANENT, "LOAD or unscannable SQL"),
+            (Pins::ROLE, "role"),
         ];
         let mut first = true;
         for (pin, name) in names {
@@ -578,18 +586,19 @@ impl Statement {
             // Undone at the end of the transaction by PostgreSQL itself.
             return;
         } else if reset && is(1, "ALL") {
-            clears.insert(Pins::SETTING);
+            // Settings return to the client's startup values; the role and the session authorization stay.
             if self.level == 0 {
                 effects.settings.get_or_insert_default().all = true;
             }
             return;
-        } else if is(at, "ROLE")
-            || is(at, "AUTHORIZATION")
+        } else if is(at, "ROLE") {
+            let none = is(at + 1, "NONE") && self.len == at + 2;
+            return role(reset || none, effects, clears);
+        } else if is(at, "AUTHORIZATION")
             || (is(at, "SESSION") && is(at + 1, "AUTHORIZATION"))
             || is(at, "CHARACTERISTICS")
         {
-            // Privileges and transaction defaults: kept on the client's own server, not replayed.
-            return privileges(reset, effects, clears);
+            return authorization(reset, effects);
         } else if is(at, "TIME") && is(at + 1, "ZONE") {
             "timezone".to_owned()
         } else if is(at, "NAMES") {
@@ -669,22 +678,30 @@ impl Statement {
     }
 }
 
-/// SET or RESET of the role, the session authorization or the session's transaction characteristics.
-fn privileges(reset: bool, effects: &mut Effects, clears: &mut Pins) {
+/// SET ROLE (kept on the client's own server, not replayed), or its reset.
+fn role(reset: bool, effects: &mut Effects, clears: &mut Pins) {
     if reset {
-        clears.insert(Pins::SETTING);
+        clears.insert(Pins::ROLE);
     } else {
+        effects.creates.insert(Pins::ROLE);
+    }
+}
+
+/// SET SESSION AUTHORIZATION or SESSION CHARACTERISTICS: kept on the client's own server. Resetting the session
+/// authorization does not unpin: it may leave a role set after it, and an unnamed setting may be either.
+fn authorization(reset: bool, effects: &mut Effects) {
+    if !reset {
         effects.creates.insert(Pins::SETTING);
     }
 }
 
 /// A setting changed by name (lower case): replayed, except the privileges (`role` and `session_authorization`
-/// are settings too).
+/// are settings too), which RESET ALL does not reset.
 fn setting(name: String, reset: bool, effects: &mut Effects, clears: &mut Pins) {
-    if name == "role" || name == "session_authorization" {
-        privileges(reset, effects, clears);
-    } else {
-        effects.named(name);
+    match name.as_str() {
+        "role" => role(reset, effects, clears),
+        "session_authorization" => authorization(reset, effects),
+        _ => effects.named(name),
     }
 }
 
@@ -1234,7 +1251,7 @@ mod tests {
             ("CREATE TABLE pg_temp.t (a int)", Pins::TEMP_OBJECT),
             ("SELECT pg_advisory_lock(42)", Pins::ADVISORY_LOCK),
             ("SELECT pg_try_advisory_lock (1, 2)", Pins::ADVISORY_LOCK),
-            ("SET ROLE admin", Pins::SETTING),
+            ("SET ROLE admin", Pins::ROLE),
             ("SET SESSION AUTHORIZATION bob", Pins::SETTING),
             ("SET \"quoted\".name = 1", Pins::SETTING),
             ("SELECT set_config(name, 'c', false) FROM t", Pins::SETTING),
@@ -1292,7 +1309,57 @@ mod tests {
             scan(b"SELECT pg_advisory_unlock_all()").clears,
             Pins::ADVISORY_LOCK
         );
-        assert_eq!(scan(b"RESET ALL").clears, Pins::SETTING);
+        assert_eq!(scan(b"RESET ROLE").clears, Pins::ROLE);
+        assert_eq!(scan(b"SET ROLE NONE").clears, Pins::ROLE);
+        assert_eq!(scan(b"RESET role").clears, Pins::ROLE);
+        // RESET ALL leaves the role and the session authorization (which unnamed settings may be).
+        assert_eq!(scan(b"RESET ALL").clears, Pins::default());
+        assert_eq!(scan(b"RESET SESSION AUTHORIZATION").clears, Pins::default());
+    }
+
+    /// What the relay does with the effects of messages in turn: clears, then creates.
+    fn pinned_after(messages: &[&str]) -> Pins {
+        let mut pins = Pins::default();
+        for sql in messages {
+            let effects = scan(sql.as_bytes());
+            pins.remove(effects.clears);
+            pins.insert(effects.creates);
+        }
+        pins
+    }
+
+    #[test]
+    fn reset_all_leaves_the_role_pinned() {
+        // RESET ALL does not reset the role: a server that goes back to the pool must not keep it.
+        assert_eq!(pinned_after(&["SET ROLE admin", "RESET ALL"]), Pins::ROLE);
+        assert_eq!(
+            pinned_after(&["SET ROLE admin", "RESET ROLE"]),
+            Pins::default()
+        );
+        assert_eq!(
+            pinned_after(&["SET ROLE admin", "SET ROLE NONE"]),
+            Pins::default()
+        );
+        assert_eq!(
+            pinned_after(&["SET ROLE admin", "DISCARD ALL"]),
+            Pins::default()
+        );
+        // An unnamed setting may be the role: only DISCARD ALL clears it.
+        for set in [
+            "SET \"role\" = admin",
+            "SELECT set_config($1, $2, false)",
+            "DO $$ BEGIN EXECUTE format('SET ROLE %I', r); END $$",
+            "SET SESSION AUTHORIZATION bob",
+        ] {
+            for reset in ["RESET ALL", "RESET ROLE", "RESET SESSION AUTHORIZATION"] {
+                assert_eq!(pinned_after(&[set, reset]), Pins::SETTING, "{set}; {reset}");
+            }
+            assert_eq!(
+                pinned_after(&[set, "DISCARD ALL"]),
+                Pins::default(),
+                "{set}"
+            );
+        }
     }
 
     #[test]
@@ -1492,11 +1559,14 @@ mod tests {
             creates("SET SESSION CHARACTERISTICS AS TRANSACTION READ ONLY"),
             Pins::SETTING
         );
-        assert_eq!(scan(b"RESET SESSION AUTHORIZATION").clears, Pins::SETTING);
         assert_eq!(named("RESET SESSION AUTHORIZATION"), Vec::<String>::new());
         // Generic forms of the privileges are privileges too.
         assert_eq!(creates("SET session_authorization = 'bob'"), Pins::SETTING);
         assert_eq!(named("SET role = admin"), Vec::<String>::new());
+        assert_eq!(creates("SET role = admin"), Pins::ROLE);
+        assert_eq!(creates("SET SESSION ROLE admin"), Pins::ROLE);
+        assert_eq!(creates("SET ROLE 'none'"), Pins::ROLE);
+        assert_eq!(creates("SET LOCAL ROLE admin"), Pins::default());
     }
 
     /// Bug 3: set_config with a literal true is SET LOCAL, with a literal false a SET.
@@ -1571,6 +1641,10 @@ mod tests {
         // The privileges are settings too.
         assert_eq!(
             creates("SELECT set_config('role', 'admin', false)"),
+            Pins::ROLE
+        );
+        assert_eq!(
+            creates("SELECT set_config('session_authorization', 'bob', false)"),
             Pins::SETTING
         );
         assert_eq!(
@@ -1628,7 +1702,7 @@ mod tests {
                 Pins::ADVISORY_LOCK,
             ),
             ("DO $$ BEGIN LOAD 'x'; END $$", Pins::PERMANENT),
-            ("DO $$ BEGIN SET ROLE admin; END $$", Pins::SETTING),
+            ("DO $$ BEGIN SET ROLE admin; END $$", Pins::ROLE),
             (
                 "DO $$ DECLARE r record; BEGIN FOR r IN EXECUTE 'LISTEN x' LOOP END LOOP; END $$",
                 Pins::LISTEN,
