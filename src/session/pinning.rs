@@ -166,6 +166,10 @@ pub fn message_effects(tag: u8, body: Option<&[u8]>) -> Effects {
 /// runs on every Query and Parse.
 pub fn scan(sql: &[u8]) -> Effects {
     let mut effects = Effects::default();
+    if u32::try_from(sql.len()).is_err() {
+        effects.creates = Pins::PERMANENT;
+        return effects;
+    }
     if !Scan::run(sql, Strings::Standard, &mut effects) {
         return effects;
     }
@@ -254,8 +258,9 @@ struct Statement {
     head: [Token; HEAD],
     /// Tokens in the statement (after EXPLAIN and its options).
     len: usize,
-    /// The last three tokens, the last one at the end.
-    recent: [Token; 3],
+    /// The last two tokens.
+    before_last: Token,
+    last: Token,
     /// Parentheses open.
     depth: usize,
     /// Reading EXPLAIN's options; `explained` once its statement has started.
@@ -265,6 +270,8 @@ struct Statement {
     on_commit_drop: bool,
     pg_temp: bool,
     into_temp: bool,
+    /// After AS EXECUTE: the next token is a prepared statement's name.
+    as_execute: bool,
     unlock_all: bool,
     /// PL/pgSQL's EXECUTE, waiting for its string.
     dynamic: Dynamic,
@@ -317,7 +324,8 @@ impl Statement {
             level,
             head: [Token::default(); HEAD],
             len: 0,
-            recent: [Token::default(); 3],
+            before_last: Token::default(),
+            last: Token::default(),
             depth: 0,
             explain: false,
             explained: false,
@@ -325,6 +333,7 @@ impl Statement {
             on_commit_drop: false,
             pg_temp: false,
             into_temp: false,
+            as_execute: false,
             unlock_all: false,
             dynamic: Dynamic::Idle,
             calls: [Call::default(); MAX_CALLS],
@@ -384,55 +393,85 @@ impl Statement {
             }
         }
         self.call_token(text, token, scan);
-        let [before_last, last] = [self.recent[1], self.recent[2]];
+        let last = self.last;
+        let after_as_execute = std::mem::take(&mut self.as_execute);
         match token.kind {
             Kind::Open => {
                 self.depth += 1;
                 self.called(text, last, scan);
             }
             Kind::Close => self.depth = self.depth.saturating_sub(1),
+            Kind::Word => self.phrase(text, token, scan),
+            Kind::Quoted => self.pg_temp |= token.ident_starts_with(text, b"pg_temp"),
             Kind::UnicodeQuoted if token.text(text).contains(&b'\\') => {
                 // A name spelled with escapes, maybe a function's: pgherd does not read them.
                 scan.pin();
             }
-            Kind::Word if is("UESCAPE") && last.kind == Kind::UnicodeQuoted => scan.pin(),
             _ => {}
         }
-        let temp = is("TEMP") || is("TEMPORARY");
-        self.with_hold |= last.is(text, "WITH") && is("HOLD");
-        self.on_commit_drop |= before_last.is(text, "ON") && last.is(text, "COMMIT") && is("DROP");
-        self.pg_temp |= token.ident_starts_with(text, b"pg_temp");
-        self.into_temp |= (last.is(text, "INTO")
-            && (temp || token.ident_starts_with(text, b"pg_temp")))
-            || (before_last.is(text, "INTO")
-                && (last.is(text, "GLOBAL") || last.is(text, "LOCAL"))
-                && temp);
-        if before_last.is(text, "AS") && last.is(text, "EXECUTE") && token.reserved_name(text) {
+        if after_as_execute && token.reserved_name(text) {
             scan.effects.reserved = true;
-        }
-        if self.mode == Mode::PlPgSql
-            && is("EXECUTE")
-            && ((self.len == 0 && !self.explained)
-                || last.is(text, "IN")
-                || last.is(text, "FOR")
-                || last.is(text, "QUERY"))
-        {
-            // PL/pgSQL's EXECUTE (a statement, FOR ... IN EXECUTE, OPEN ... FOR EXECUTE, RETURN QUERY EXECUTE).
-            self.dynamic = Dynamic::Literal;
         }
         if let Some(slot) = self.head.get_mut(self.len) {
             *slot = token;
         }
         self.len += 1;
-        if self.len == 1 && !self.explained && is("EXPLAIN") {
-            self.explain = true;
+        self.before_last = last;
+        self.last = token;
+    }
+
+    /// The phrases that end with the word `token`, tested only for the word that may end them: this runs for
+    /// every word of every statement.
+    fn phrase(&mut self, text: &[u8], token: Token, scan: &mut Scan) {
+        let [before_last, last] = [self.before_last, self.last];
+        let is = |keyword: &str| token.is(text, keyword);
+        match token.text(text).first().map(u8::to_ascii_uppercase) {
+            Some(b'H') => self.with_hold |= is("HOLD") && last.is(text, "WITH"),
+            Some(b'D') => {
+                self.on_commit_drop |=
+                    is("DROP") && last.is(text, "COMMIT") && before_last.is(text, "ON")
+            }
+            Some(b'T') if is("TEMP") || is("TEMPORARY") => {
+                self.into_temp |= last.is(text, "INTO")
+                    || ((last.is(text, "GLOBAL") || last.is(text, "LOCAL"))
+                        && before_last.is(text, "INTO"));
+            }
+            Some(b'P') if token.ident_starts_with(text, b"pg_temp") => {
+                self.pg_temp = true;
+                self.into_temp |= last.is(text, "INTO");
+            }
+            Some(b'E') if is("EXECUTE") => {
+                // The name after AS EXECUTE (CREATE TABLE AS EXECUTE) is a prepared statement's.
+                self.as_execute = last.is(text, "AS");
+                if self.mode == Mode::PlPgSql
+                    && ((self.len == 0 && !self.explained)
+                        || last.is(text, "IN")
+                        || last.is(text, "FOR")
+                        || last.is(text, "QUERY"))
+                {
+                    // PL/pgSQL's EXECUTE (a statement, FOR ... IN EXECUTE, OPEN ... FOR EXECUTE, RETURN QUERY
+                    // EXECUTE).
+                    self.dynamic = Dynamic::Literal;
+                }
+            }
+            Some(b'E') if self.len == 0 && !self.explained && is("EXPLAIN") => self.explain = true,
+            Some(b'U') if is("UESCAPE") && last.kind == Kind::UnicodeQuoted => scan.pin(),
+            _ => {}
         }
-        self.recent = [before_last, last, token];
     }
 
     /// A `(` after `function`: the calls that matter wherever they are.
     fn called(&mut self, text: &[u8], function: Token, scan: &mut Scan) {
-        let is = |name: &str| function.names(text, name);
+        let Some((name, quoted)) = function.ident(text) else {
+            return;
+        };
+        if !matches!(name.first(), Some(b'p' | b'P' | b's' | b'S')) {
+            return;
+        }
+        let is = |function: &str| match quoted {
+            false => name.eq_ignore_ascii_case(function.as_bytes()),
+            true => name == function.as_bytes(),
+        };
         if [
             "pg_advisory_lock",
             "pg_advisory_lock_shared",
@@ -719,23 +758,28 @@ fn set_config(text: &[u8], call: Call, scan: &mut Scan) {
         Some(t) if t.is(text, "FALSE") => Some(false),
         token => literal(token).and_then(|value| parse_bool(&value)),
     };
-    let name = literal(call.name).filter(|name| {
-        !name.is_empty()
-            && name.split(|&b| b == b'.').all(|part| !part.is_empty())
-            && name
-                .iter()
-                .all(|&b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'$' | b'.'))
-    });
-    match (call.arg, local, name) {
-        (2, Some(true), _) => {}
-        (2, Some(false), Some(name)) => {
-            let name = name
-                .iter()
-                .map(|b| b.to_ascii_lowercase() as char)
-                .collect();
-            // Clears are the statement's; a set_config that resets nothing clears nothing.
-            setting(name, false, scan.effects, &mut Pins::default());
-        }
+    let name = || {
+        literal(call.name).filter(|name| {
+            !name.is_empty()
+                && name.split(|&b| b == b'.').all(|part| !part.is_empty())
+                && name
+                    .iter()
+                    .all(|&b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'$' | b'.'))
+        })
+    };
+    match (call.arg, local) {
+        (2, Some(true)) => {}
+        (2, Some(false)) => match name() {
+            Some(name) => {
+                let name = name
+                    .iter()
+                    .map(|b| b.to_ascii_lowercase() as char)
+                    .collect();
+                // Clears are the statement's; a set_config that resets nothing clears nothing.
+                setting(name, false, scan.effects, &mut Pins::default());
+            }
+            None => scan.pin(),
+        },
         _ => scan.pin(),
     }
 }
@@ -763,7 +807,7 @@ fn parse_bool(value: &[u8]) -> Option<bool> {
 /// The value of the string literal `token` in `text`, or `None` when pgherd cannot read it: unterminated, a bit
 /// string, or with escapes that compute a character (octal, hexadecimal, Unicode).
 fn literal_value(text: &[u8], token: Token, strings: Strings) -> Option<Cow<'_, [u8]>> {
-    let span = text.get(token.start..token.end)?;
+    let span = token.text(text);
     let (open, style) = match token.kind {
         Kind::Str(Lit::Dollar) => return dollar_body(span).map(Cow::Borrowed),
         Kind::Str(Lit::Plain) => (1, strings.plain()),
@@ -797,11 +841,12 @@ fn dollar_body(span: &[u8]) -> Option<&[u8]> {
 }
 
 /// A token of SQL text: its kind and where it is, as byte offsets in the text (which nothing else points into).
+/// Small, since the scan copies tokens around: [`scan`] takes no text of 4 GiB or more.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 struct Token {
     kind: Kind,
-    start: usize,
-    end: usize,
+    start: u32,
+    end: u32,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -842,7 +887,8 @@ enum Lit {
 
 impl Token {
     fn text(self, text: &[u8]) -> &[u8] {
-        text.get(self.start..self.end).unwrap_or_default()
+        text.get(self.start as usize..self.end as usize)
+            .unwrap_or_default()
     }
 
     /// The unquoted keyword `keyword`, in any case.
@@ -941,12 +987,22 @@ fn lex_quoted(
         backslash: false,
         computed: false,
     };
+    let skipping = value.is_none();
     let mut push = |b: u8| {
         if let Some(value) = value.as_deref_mut() {
             value.push(b);
         }
     };
     while let Some(&b) = text.get(pos) {
+        if skipping && b != b'\'' && b != b'\\' {
+            // Only skipping: on to the next quote or backslash.
+            let rest = text.get(pos..).unwrap_or_default();
+            pos += rest
+                .iter()
+                .position(|&b| b == b'\'' || b == b'\\')
+                .unwrap_or(rest.len());
+            continue;
+        }
         pos += 1;
         match b {
             b'\'' if style != Style::Bare && text.get(pos) == Some(&b'\'') => {
@@ -1052,12 +1108,38 @@ fn ident_end(text: &[u8], mut pos: usize) -> usize {
     text.len()
 }
 
+/// Character classes, as bits: a table lookup per byte where words are lexed.
+const IDENT_START: u8 = 1;
+const TAG_CHAR: u8 = 2;
+const IDENT_CHAR: u8 = 4;
+const CLASSES: [u8; 256] = {
+    let mut classes = [0; 256];
+    let mut b = 0;
+    while b < 256 {
+        let c = b as u8;
+        let start = c.is_ascii_alphabetic() || c == b'_' || c >= 0x80;
+        let tag = start || c.is_ascii_digit();
+        classes[b] = if start { IDENT_START } else { 0 }
+            | if tag { TAG_CHAR } else { 0 }
+            | if tag || c == b'$' { IDENT_CHAR } else { 0 };
+        b += 1;
+    }
+    classes
+};
+
+/// A letter, `_` or a non-ASCII byte: what starts an identifier.
 fn ident_start(b: u8) -> bool {
-    b.is_ascii_alphabetic() || b == b'_' || b >= 0x80
+    CLASSES[b as usize] & IDENT_START != 0
 }
 
+/// What continues an identifier: also digits and `$`.
 fn ident_char(b: u8) -> bool {
-    ident_start(b) || b.is_ascii_digit() || b == b'$'
+    CLASSES[b as usize] & IDENT_CHAR != 0
+}
+
+/// What a dollar quote's tag is made of: no `$`.
+fn tag_char(b: u8) -> bool {
+    CLASSES[b as usize] & TAG_CHAR != 0
 }
 
 /// The tokens of SQL text, without whitespace and comments.
@@ -1127,10 +1209,7 @@ impl<'t> Tokens<'t> {
             self.pos = start + 1 + rest.iter().take_while(|b| b.is_ascii_digit()).count();
             return Kind::Other;
         }
-        let tag = rest
-            .iter()
-            .take_while(|&&b| ident_start(b) || b.is_ascii_digit())
-            .count();
+        let tag = rest.iter().take_while(|&&b| tag_char(b)).count();
         let open = start + tag + 2;
         let (Some(&b'$'), Some(delimiter)) = (rest.get(tag), text.get(start..open)) else {
             return Kind::Other;
@@ -1187,10 +1266,11 @@ impl Iterator for Tokens<'_> {
                 b if ident_start(b) => self.word(start, b),
                 _ => Kind::Other,
             };
+            // Offsets fit: `scan` takes no longer text, and nested texts are shorter than theirs.
             return Some(Token {
                 kind,
-                start,
-                end: self.pos,
+                start: start as u32,
+                end: self.pos as u32,
             });
         }
     }
