@@ -2115,9 +2115,17 @@ mod props {
         b"pg_temp",
     ];
 
+    /// Fragments, each followed by a space or not, and a few random bytes.
     fn almost_sql() -> impl Strategy<Value = Vec<u8>> {
+        let fragment = (prop::sample::select(FRAGMENTS), any::<bool>()).prop_map(|(f, space)| {
+            let mut piece = f.to_vec();
+            if space {
+                piece.push(b' ');
+            }
+            piece
+        });
         let piece = prop_oneof![
-            3 => prop::sample::select(FRAGMENTS).prop_map(<[u8]>::to_vec),
+            3 => fragment,
             1 => prop::collection::vec(any::<u8>(), 0..4),
         ];
         prop::collection::vec(piece, 0..64).prop_map(|pieces| pieces.concat())
@@ -2804,6 +2812,22 @@ mod props {
             prop_assert_eq!(Found::of(&effects), expected(&stmts), "{}", sql);
             prop_assert_eq!(effects.clears, Pins::default(), "{}", sql);
             prop_assert!(effects.settings.is_none_or(|c| !c.all), "{}", sql);
+        }
+
+        /// A plain string that ends in a backslash ends there, unless the client turned standard_conforming_strings
+        /// off: the statements after it are found either way (with what the other reading sees besides).
+        #[test]
+        fn backslash_before_a_quote_hides_nothing(
+            stmts in statements(false),
+            shape in any::<u64>(),
+            surface in any::<u64>(),
+        ) {
+            let sql = format!("SELECT 'C:\\'; {}", Render::new(shape, surface).statements(&stmts));
+            let found = Found::of(&scan(sql.as_bytes()));
+            let expected = expected(&stmts);
+            prop_assert!(found.creates.contains(expected.creates), "{}", sql);
+            prop_assert!(found.names.is_superset(&expected.names), "{}", sql);
+            prop_assert!(found.reserved || !expected.reserved, "{}", sql);
         }
 
         /// Keywords, names and soup inside literals, identifiers, comments and function bodies create nothing.
