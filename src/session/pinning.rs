@@ -402,7 +402,10 @@ impl Statement {
             }
             Kind::Close => self.depth = self.depth.saturating_sub(1),
             Kind::Word => self.phrase(text, token, scan),
-            Kind::Quoted => self.pg_temp |= token.ident_starts_with(text, b"pg_temp"),
+            Kind::Quoted if token.ident_starts_with(text, b"pg_temp") => {
+                self.pg_temp = true;
+                self.into_temp |= last.is(text, "INTO");
+            }
             Kind::UnicodeQuoted if token.text(text).contains(&b'\\') => {
                 // A name spelled with escapes, maybe a function's: pgherd does not read them.
                 scan.pin();
@@ -1572,6 +1575,7 @@ mod tests {
             "SELECT * INTO TEMPORARY TABLE t FROM x",
             "SELECT * INTO LOCAL TEMP t FROM x",
             "SELECT 1 INTO pg_temp.t",
+            "SELECT 1 INTO \"pg_temp\".t",
             "CREATE TABLE \"pg_temp\".t (a int)",
             "EXPLAIN ANALYZE CREATE TEMP TABLE t AS SELECT 1",
         ] {
