@@ -131,7 +131,7 @@ struct File {
     max_client_statement_bytes: usize,
     /// Settings (startup parameters and what SET, RESET and set_config changed) pgherd carries for one
     /// transaction-mode client to each server it uses. A client past it (or past `max_client_settings_bytes`)
-    /// keeps its server until RESET ALL or DISCARD ALL; the pin is logged. Default 2000.
+    /// keeps its server until DISCARD ALL; the pin is logged. Default 2000.
     #[serde(default = "default_max_client_settings")]
     max_client_settings: usize,
     /// Bytes of setting names and values pgherd carries for one client; past it, as past

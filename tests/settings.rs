@@ -183,7 +183,7 @@ async fn a_64_kb_value_and_a_thousand_custom_settings_follow_their_client() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn settings_past_the_bound_keep_the_client_on_its_server_until_reset_all() {
+async fn settings_past_the_bound_keep_the_client_on_its_server_until_discard_all() {
     let Fixture { pg: _pg, herd } =
         fixture("transaction", 2, "workers = 1\nmax_client_settings = 10");
     let a = connect_with(herd.port, "").await;
@@ -200,7 +200,7 @@ async fn settings_past_the_bound_keep_the_client_on_its_server_until_reset_all()
         assert_eq!(show(&a, "app.s19").await, "v19");
         assert_ne!(backend_pid(&b).await, pinned, "no one else gets it");
     }
-    a.batch_execute("RESET ALL").await.unwrap();
+    a.batch_execute("DISCARD ALL").await.unwrap();
     herd.wait_for_log("returns to pooling", std::time::Duration::from_secs(5));
     let gone: Option<String> = value(&a, "SELECT current_setting('app.s19', true)").await;
     assert!(gone.as_deref().is_none_or(str::is_empty), "{gone:?}");
