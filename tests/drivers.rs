@@ -160,3 +160,33 @@ fn pgjdbc() {
         cmd
     });
 }
+
+/// libpq 18 with `max_protocol_version=latest` asks for protocol 3.2; pgherd serves 3.0 and says so in a
+/// NegotiateProtocolVersion that libpq must accept (an encoding it misread once refused every such login).
+#[test]
+fn libpq_18_asking_for_protocol_3_2_connects() {
+    let env = install("libpq18");
+    let Fixture { pg: _pg, herd } = fixture("transaction", 2, "workers = 1");
+    let script = "import sys, psycopg\n\
+        assert psycopg.pq.version() >= 180000, psycopg.pq.version()\n\
+        with psycopg.connect(sys.argv[1]) as c:\n\
+        \x20   print('protocol', c.pgconn.protocol_version, 'answer', c.execute('SELECT 40 + 2').fetchone()[0])\n";
+    let conninfo = format!(
+        "host=127.0.0.1 port={} user=app password=secret dbname=app max_protocol_version=latest",
+        herd.port
+    );
+    let child = Command::new(env.join("bin/python"))
+        .args(["-c", script, &conninfo])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run python");
+    let out = output_within(child, Duration::from_secs(60));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && stdout.contains("protocol 3 answer 42"),
+        "{stdout}{}\n--- pgherd log ---\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        herd.log()
+    );
+}
