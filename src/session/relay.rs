@@ -340,7 +340,7 @@ impl<'a> Relay<'a> {
             let message = buf.unscanned();
             let len = u32::from_be_bytes([message[1], message[2], message[3], message[4]]) as usize;
             let body = shown.map(|n| &message[5..5 + n]);
-            let effects = pinning::message_effects(tag, body);
+            let mut effects = pinning::message_effects(tag, body);
             let action = if !tracking {
                 Action::Pass
             } else if self.prefix.is_some() && b"PBDCQ".contains(&tag) {
@@ -353,20 +353,23 @@ impl<'a> Relay<'a> {
                     self.server_quiet() && self.s2c.as_ref().is_none_or(|b| b.free() >= 64)
                 });
                 let server = self.server.as_mut().map(|s| &mut s.statements);
-                let drops_all = effects.clears.contains(Pins::PREPARED);
+                let sql = statements::SqlFlags {
+                    drops_all: effects.clears.contains(Pins::PREPARED),
+                    reserved: false,
+                };
                 if tag == b'Q' {
-                    self.session
-                        .statements
-                        .query(body, drops_all, ready, server)
+                    self.session.statements.query(len, body, sql, ready, server)
                 } else {
                     let cx = statements::Context {
                         registry: &self.shard.statements,
                         settings: self.session.settings.fingerprint(),
                         cap: self.shard.config().max_prepared_statements,
+                        max_statements: usize::MAX,
+                        max_statement_bytes: usize::MAX,
                     };
                     self.session
                         .statements
-                        .client(tag, len, body, drops_all, &cx, server)
+                        .client(tag, len, body, sql, &cx, server)
                 }
             };
             let (head, bytes) = match action {
@@ -385,6 +388,14 @@ impl<'a> Relay<'a> {
                     continue;
                 }
                 Action::Pass => (5, None),
+                Action::Untracked(rewrite) => {
+                    // The client's statements now live on this server.
+                    effects.creates.insert(Pins::PREPARED);
+                    match rewrite {
+                        Some(bytes) => (1 + len, Some(bytes)),
+                        None => (5, None),
+                    }
+                }
             };
             #[cfg(feature = "fault-injection")]
             if body == Some(INJECT_PANIC) {
@@ -580,10 +591,6 @@ impl<'a> Relay<'a> {
                 Reply::Pass => buf.scanned(5),
                 Reply::Hide => {
                     buf.splice(5, &[]);
-                }
-                Reply::AsParseComplete => {
-                    buf.unscanned_mut()[0] = b'1';
-                    buf.scanned(5);
                 }
             }
         }
