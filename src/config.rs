@@ -10,6 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use serde::Deserialize;
+use toml::Spanned;
 
 use crate::auth::{md5, scram};
 
@@ -46,16 +47,18 @@ pub enum LogLevel {
     Debug,
 }
 
-/// The whole file, as written.
+/// The whole file, as written. The values that validation checks keep their place in the text
+/// (`Spanned`), so that an error names the line they are written on; defaults have an empty span (see
+/// `line_of`).
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct File {
     /// Addresses to accept clients on. Default `["127.0.0.1:6432"]`.
     #[serde(default = "default_listen")]
-    listen: Vec<SocketAddr>,
+    listen: Spanned<Vec<SocketAddr>>,
     /// Executors, one pinned per core. Default 0 = one per online CPU.
-    #[serde(default)]
-    workers: usize,
+    #[serde(default = "unwritten")]
+    workers: Spanned<usize>,
     /// Pool mode of every database and user that does not set its own. Default "transaction".
     #[serde(default = "default_pool_mode")]
     pool_mode: PoolMode,
@@ -67,7 +70,7 @@ struct File {
     auth_type: AuthType,
     /// A [users] entry whose password pgherd uses to look up users that are not in [users], with `auth_query`,
     /// in the database the client asked for. Default none: only [users] may log in.
-    auth_user: Option<String>,
+    auth_user: Option<Spanned<String>>,
     /// The lookup: `$1` is the user name; it returns the name and the stored password (a SCRAM verifier or an
     /// md5 hash; NULL or no row: the user cannot log in). Default
     /// `SELECT usename, passwd FROM pg_catalog.pg_shadow WHERE usename = $1` (needs a superuser auth_user; a
@@ -119,7 +122,7 @@ struct File {
     /// Prepared statements each server connection keeps for transaction-mode clients; beyond this the least
     /// recently used is closed, and prepared again if a client needs it. Must be at least 1. Default 200.
     #[serde(default = "default_max_prepared_statements")]
-    max_prepared_statements: usize,
+    max_prepared_statements: Spanned<usize>,
     /// Named prepared statements pgherd carries for one transaction-mode client. A client past it (or past
     /// `max_client_statement_bytes`) keeps its server from then on: its further statements are prepared there
     /// under its own names, the pin is logged, and DEALLOCATE ALL or DISCARD ALL lets it go. Default 1000.
@@ -143,15 +146,15 @@ struct File {
     /// per-user limits. With client_login_timeout it bounds what a flood of stalled logins can hold.
     /// Default 10000.
     #[serde(default = "default_max_logins_per_shard")]
-    max_logins_per_shard: usize,
+    max_logins_per_shard: Spanned<usize>,
     /// Lookups of user names (found or not) that `auth_query` keeps, least recently used dropped first.
     /// Default 10000.
     #[serde(default = "default_auth_query_cache_size")]
-    auth_query_cache_size: usize,
+    auth_query_cache_size: Spanned<usize>,
     /// Connections each shard keeps per database for `auth_query` lookups; lookups beyond that wait for one
     /// (within server_connect_timeout). Default 2.
     #[serde(default = "default_auth_query_connections")]
-    auth_query_connections: usize,
+    auth_query_connections: Spanned<usize>,
     /// Query run on a server when a session-mode client leaves. Default "DISCARD ALL"; "" runs nothing.
     #[serde(default = "default_reset_query")]
     server_reset_query: String,
@@ -185,10 +188,10 @@ struct DatabaseFile {
     dbname: Option<String>,
     /// Most server connections per user of this database, over all shards. Default 20.
     #[serde(default = "default_pool_size")]
-    pool_size: u32,
+    pool_size: Spanned<u32>,
     /// Servers kept open even when idle, in each (this database, user) pool. Default 0.
-    #[serde(default)]
-    min_pool_size: u32,
+    #[serde(default = "unwritten")]
+    min_pool_size: Spanned<u32>,
     /// Overrides the global pool_mode for this database.
     pool_mode: Option<PoolMode>,
     /// Most clients of this database at once. Default: no limit beyond max_client_conn.
@@ -199,7 +202,7 @@ struct DatabaseFile {
 #[serde(deny_unknown_fields)]
 struct UserFile {
     /// Plaintext, "md5<32 hex>" or a "SCRAM-SHA-256$<iterations>:<salt>$<StoredKey>:<ServerKey>" verifier.
-    password: String,
+    password: Spanned<String>,
     /// Overrides the global auth_type for this user.
     auth_type: Option<AuthType>,
     /// Overrides the database's pool_mode for this user.
@@ -208,8 +211,12 @@ struct UserFile {
     max_client_conn: Option<u32>,
 }
 
-fn default_listen() -> Vec<SocketAddr> {
-    vec![SocketAddr::from(([127, 0, 0, 1], 6432))]
+/// A default: a value with an empty span, which names no line.
+fn unwritten<T: Default>() -> Spanned<T> {
+    Spanned::new(0..0, T::default())
+}
+fn default_listen() -> Spanned<Vec<SocketAddr>> {
+    Spanned::new(0..0, vec![SocketAddr::from(([127, 0, 0, 1], 6432))])
 }
 fn default_pool_mode() -> PoolMode {
     PoolMode::Transaction
@@ -226,8 +233,8 @@ fn default_auth_query() -> String {
 fn default_backlog() -> u32 {
     4096
 }
-fn default_max_prepared_statements() -> usize {
-    200
+fn default_max_prepared_statements() -> Spanned<usize> {
+    Spanned::new(0..0, 200)
 }
 fn default_max_client_statements() -> usize {
     1000
@@ -241,14 +248,14 @@ fn default_max_client_settings() -> usize {
 fn default_max_client_settings_bytes() -> usize {
     1 << 20
 }
-fn default_max_logins_per_shard() -> usize {
-    10_000
+fn default_max_logins_per_shard() -> Spanned<usize> {
+    Spanned::new(0..0, 10_000)
 }
-fn default_auth_query_cache_size() -> usize {
-    10_000
+fn default_auth_query_cache_size() -> Spanned<usize> {
+    Spanned::new(0..0, 10_000)
 }
-fn default_auth_query_connections() -> usize {
-    2
+fn default_auth_query_connections() -> Spanned<usize> {
+    Spanned::new(0..0, 2)
 }
 fn default_reset_query() -> String {
     "DISCARD ALL".into()
@@ -262,8 +269,8 @@ fn default_host() -> String {
 fn default_port() -> u16 {
     5432
 }
-fn default_pool_size() -> u32 {
-    20
+fn default_pool_size() -> Spanned<u32> {
+    Spanned::new(0..0, 20)
 }
 fn secs<const N: u64>() -> Duration {
     Duration::from_secs(N)
@@ -374,7 +381,8 @@ impl Config {
         self.users.iter().position(|u| u.name == name)
     }
 
-    /// Pool mode of a (database, user) pair: the user's override wins over the database's.
+    /// Pool mode of a (database, user) pair: the user's override wins over the database's. `db` is an index
+    /// into `databases` (from `Config::database`), not anything read from the file; out of range is a bug.
     pub fn pool_mode(&self, db: usize, user: usize) -> PoolMode {
         self.users
             .get(user)
@@ -397,66 +405,57 @@ impl Config {
 
     /// Validates a configuration text; errors carry the line they concern.
     pub fn parse(text: &str) -> Result<Config, ConfigError> {
-        let file: File = toml::from_str(text).map_err(|e| {
-            let line = e.span().map(|s| text[..s.start].matches('\n').count() + 1);
-            ConfigError {
-                file: String::new(),
-                line,
-                message: e.message().trim().to_owned(),
-            }
-        })?;
-        let at = |needle: &str| {
-            text.lines()
-                .position(|l| l.trim_start().starts_with(needle))
-                .map(|n| n + 1)
-        };
-        let fail = |needle: &str, message: String| ConfigError {
+        let file: File = toml::from_str(text).map_err(|e| ConfigError {
             file: String::new(),
-            line: at(needle),
+            line: e.span().map(|span| line_at(text, span.start)),
+            message: e.message().trim().to_owned(),
+        })?;
+        // An error about a value names the line the value is written on.
+        let fail = |span: std::ops::Range<usize>, message: String| ConfigError {
+            file: String::new(),
+            line: line_of(text, span),
             message,
         };
 
-        if file.listen.is_empty() {
+        if file.listen.get_ref().is_empty() {
             return Err(fail(
-                "listen",
+                file.listen.span(),
                 "listen: at least one address is needed".into(),
             ));
         }
         // Client ids carry the shard in 7 bits (see session::cancel).
-        if file.workers > 128 {
+        if *file.workers.get_ref() > 128 {
             return Err(fail(
-                "workers",
-                format!("workers: {} is more than the 128 supported", file.workers),
-            ));
-        }
-        if file.max_prepared_statements == 0 {
-            return Err(fail(
-                "max_prepared_statements",
-                "max_prepared_statements: must be at least 1".into(),
+                file.workers.span(),
+                format!(
+                    "workers: {} is more than the 128 supported",
+                    file.workers.get_ref()
+                ),
             ));
         }
         for (key, value) in [
-            ("max_logins_per_shard", file.max_logins_per_shard),
-            ("auth_query_cache_size", file.auth_query_cache_size),
-            ("auth_query_connections", file.auth_query_connections),
+            ("max_prepared_statements", &file.max_prepared_statements),
+            ("max_logins_per_shard", &file.max_logins_per_shard),
+            ("auth_query_cache_size", &file.auth_query_cache_size),
+            ("auth_query_connections", &file.auth_query_connections),
         ] {
-            if value == 0 {
-                return Err(fail(key, format!("{key}: must be at least 1")));
+            if *value.get_ref() == 0 {
+                return Err(fail(value.span(), format!("{key}: must be at least 1")));
             }
         }
         let unknown_user_secret = unknown_user_secret(&file);
         let mut databases = Vec::new();
         for (name, d) in file.databases {
-            let header = format!("[databases.{name}]");
-            if d.pool_size == 0 {
+            let (pool_size, min_pool_size) = (*d.pool_size.get_ref(), *d.min_pool_size.get_ref());
+            if pool_size == 0 {
                 return Err(fail(
-                    &header,
+                    d.pool_size.span(),
                     format!("databases.{name}.pool_size: must be at least 1"),
                 ));
             }
-            if d.min_pool_size > d.pool_size {
+            if min_pool_size > pool_size {
                 return Err(fail(
-                    &header,
+                    d.min_pool_size.span(),
                     format!("databases.{name}.min_pool_size: more than pool_size"),
                 ));
             }
@@ -465,18 +464,17 @@ impl Config {
                 name,
                 host: d.host,
                 port: d.port,
-                pool_size: d.pool_size,
-                min_pool_size: d.min_pool_size,
+                pool_size,
+                min_pool_size,
                 pool_mode: d.pool_mode.unwrap_or(file.pool_mode),
                 max_client_conn: d.max_client_conn,
             });
         }
         let mut users = Vec::new();
         for (name, u) in file.users {
-            let header = format!("[users.{name}]");
             let auth = u.auth_type.unwrap_or(file.auth_type);
-            let (client_auth, server_password) = derive_secrets(&name, &u.password, auth)
-                .map_err(|why| fail(&header, format!("users.{name}.password: {why}")))?;
+            let (client_auth, server_password) = derive_secrets(&name, u.password.get_ref(), auth)
+                .map_err(|why| fail(u.password.span(), format!("users.{name}.password: {why}")))?;
             users.push(Arc::new(User {
                 name,
                 client_auth,
@@ -486,12 +484,17 @@ impl Config {
             }));
         }
         let auth_user = match &file.auth_user {
-            Some(name) => Some(users.iter().position(|u| u.name == *name).ok_or_else(|| {
-                fail(
-                    "auth_user",
-                    format!("auth_user: \"{name}\" is not in [users]"),
-                )
-            })?),
+            Some(name) => Some(
+                users
+                    .iter()
+                    .position(|u| u.name == *name.get_ref())
+                    .ok_or_else(|| {
+                        fail(
+                            name.span(),
+                            format!("auth_user: \"{}\" is not in [users]", name.get_ref()),
+                        )
+                    })?,
+            ),
             None => None,
         };
         Ok(Config {
@@ -499,11 +502,11 @@ impl Config {
             auth_user,
             auth_query: file.auth_query,
             auth_query_cache_ttl: file.auth_query_cache_ttl,
-            auth_query_cache_size: file.auth_query_cache_size,
-            auth_query_connections: file.auth_query_connections,
+            auth_query_cache_size: file.auth_query_cache_size.into_inner(),
+            auth_query_connections: file.auth_query_connections.into_inner(),
             unknown_user_secret,
-            listen: file.listen,
-            workers: file.workers,
+            listen: file.listen.into_inner(),
+            workers: file.workers.into_inner(),
             max_client_conn: file.max_client_conn,
             listen_backlog: file.listen_backlog,
             client_login_timeout: file.client_login_timeout,
@@ -515,12 +518,12 @@ impl Config {
             server_idle_timeout: file.server_idle_timeout,
             server_lifetime: file.server_lifetime,
             server_reset_query: file.server_reset_query,
-            max_prepared_statements: file.max_prepared_statements,
+            max_prepared_statements: file.max_prepared_statements.into_inner(),
             max_client_statements: file.max_client_statements,
             max_client_statement_bytes: file.max_client_statement_bytes,
             max_client_settings: file.max_client_settings,
             max_client_settings_bytes: file.max_client_settings_bytes,
-            max_logins_per_shard: file.max_logins_per_shard,
+            max_logins_per_shard: file.max_logins_per_shard.into_inner(),
             shutdown_timeout: file.shutdown_timeout,
             stats_period: file.stats_period,
             log_level: file.log_level,
@@ -540,20 +543,35 @@ fn unknown_user_secret(file: &File) -> [u8; 32] {
         Some(secret) => hash.update(secret.as_bytes()),
         None => {
             for (name, user) in &file.users {
-                for part in [name.as_bytes(), b"\0", user.password.as_bytes(), b"\0"] {
+                let password = user.password.get_ref();
+                for part in [name.as_bytes(), b"\0", password.as_bytes(), b"\0"] {
                     hash.update(part);
                 }
             }
-            hash.update(file.auth_user.as_deref().unwrap_or("").as_bytes());
+            let auth_user = file.auth_user.as_ref().map_or("", |name| name.get_ref());
+            hash.update(auth_user.as_bytes());
         }
     }
     hash.finalize().into()
 }
 
 fn is_md5_hash(password: &str) -> bool {
-    password.len() == 35
-        && password.starts_with("md5")
-        && password[3..].bytes().all(|b| b.is_ascii_hexdigit())
+    password
+        .strip_prefix("md5")
+        .is_some_and(|hex| hex.len() == 32 && hex.bytes().all(|b| b.is_ascii_hexdigit()))
+}
+
+/// The line (from 1) that byte `offset` of `text` is on. Counts bytes, so no offset can panic: one past the
+/// end counts every line.
+fn line_at(text: &str, offset: usize) -> usize {
+    let before = text.as_bytes().iter().take(offset);
+    before.filter(|&&b| b == b'\n').count() + 1
+}
+
+/// The line a value is written on; none for a default, which is not written and has an empty span (no value
+/// written in TOML is empty).
+fn line_of(text: &str, span: std::ops::Range<usize>) -> Option<usize> {
+    (!span.is_empty()).then(|| line_at(text, span.start))
 }
 
 /// Turns a configured password into what client authentication checks and what server login answers.
@@ -669,14 +687,62 @@ auth_type = "md5"
         let e = error_of("query_wait_timeout = -1\n");
         assert_eq!(e.line, Some(1));
         let e = error_of("[databases.a]\npool_size = 0\n");
-        assert_eq!(e.line, Some(1));
+        assert_eq!(e.line, Some(2));
         assert!(e.message.contains("pool_size"));
         let e = error_of("\n[users.u]\npassword = \"md5aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\"\n");
-        assert_eq!(e.line, Some(2));
+        assert_eq!(e.line, Some(3));
         assert!(e.message.contains("users.u.password"));
         assert!(error_of("listen = [\"not an address\"]")
             .message
             .contains("address"));
+    }
+
+    #[test]
+    fn validation_errors_name_the_line_of_the_value_at_fault() {
+        // A key that starts like another, above it.
+        let e = error_of("listen_backlog = 0\nlisten = []\n");
+        assert_eq!(
+            (e.line, e.message.as_str()),
+            (Some(2), "listen: at least one address is needed")
+        );
+        let e = error_of("log_level = \"info\"\n\nworkers = 129\n");
+        assert_eq!(e.line, Some(3));
+        for key in [
+            "max_prepared_statements",
+            "max_logins_per_shard",
+            "auth_query_cache_size",
+            "auth_query_connections",
+        ] {
+            let e = error_of(&format!("workers = 1\n{key} = 0\n"));
+            assert_eq!(e.line, Some(2), "{key}");
+            assert!(e.message.starts_with(key), "{}", e.message);
+        }
+        let e = error_of("auth_type = \"trust\"\nauth_user = \"v\"\n[users.u]\npassword = \"p\"\n");
+        assert_eq!(e.line, Some(2));
+        // Databases and users in every form TOML allows, with names that need quotes.
+        for (text, line) in [
+            ("[ databases . \"a b\" ]\nhost = \"h\"\npool_size = 0\n", 3),
+            ("[databases.\"a.b\"]\nmin_pool_size = 30\n", 2),
+            ("[databases.a]\npool_size = 5\nmin_pool_size = 6\n", 3),
+            ("workers = 1\ndatabases.app.pool_size = 0\n", 2),
+            ("workers = 1\n\"databases\" . 'x y' . pool_size = 0\n", 2),
+            (
+                "[databases]\nb = { host = \"h\" }\napp = { pool_size = 0 }\n",
+                3,
+            ),
+            (
+                "[databases]\napp = {}\n[databases.z]\n\n\npool_size = 0\n",
+                6,
+            ),
+            ("users.\"u v\".password = \"SCRAM-SHA-256$0:x\"\n", 1),
+            (
+                "[users]\nu = { auth_type = \"md5\", password = \"SCRAM-SHA-256$0:x\" }\n",
+                2,
+            ),
+        ] {
+            let e = error_of(text);
+            assert_eq!(e.line, Some(line), "{text}: {}", e.message);
+        }
     }
 
     #[test]
