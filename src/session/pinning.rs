@@ -112,8 +112,10 @@ impl SettingChanges {
 const RESERVED_PREFIX: &[u8] = b"pgherd_";
 /// How deep DO bodies and the strings their EXECUTE runs are scanned: deeper pins.
 const MAX_LEVEL: u8 = 4;
-/// Distinct settings one piece of SQL may name; more pin (each name costs a lookup at the transaction's end).
-const MAX_NAMES: usize = 64;
+/// Distinct settings one piece of SQL may name; more pin. Each name costs a lookup at the transaction's end,
+/// and it is at least the default `max_client_settings`, so a client that sets a thousand custom settings in
+/// one batch still has them carried to its next servers.
+const MAX_NAMES: usize = 2048;
 
 impl Effects {
     /// A setting changed by `name` (lower case), which the pooler reads back and replays.

@@ -34,9 +34,12 @@ const MAX_WHOLE_SERVER_MESSAGE: usize = 8 * 1024;
 /// Query and Parse messages up to this size are read whole and scanned for session state; longer SQL pins the
 /// client (see `pinning`). A buffer grows past its usual 64 KiB to hold such a message and what a rewrite adds
 /// (see `net::buffer::HUGE`): a 64 KB JWT in a SET or set_config is scanned like any other statement.
-const MAX_SCANNED_SQL: usize = 1 << 20;
-const _: () =
-    assert!(2 * MAX_SCANNED_SQL + 2 * statements::MAX_NAMES + 1024 <= crate::net::buffer::HUGE);
+const MAX_SCANNED_SQL: usize = statements::MAX_TRACKED_PARSE;
+// A message read whole and what its rewrite adds fit in one buffer, so a rewrite always has room.
+const _: () = assert!(
+    5 + MAX_SCANNED_SQL + 2 * statements::MAX_NAMES + statements::MAX_REWRITE_GROWTH
+        <= crate::net::buffer::HUGE
+);
 
 /// With the `fault-injection` feature (tests only, never in a release build): a Query of exactly this text
 /// panics in the relay while the client holds a server, to show that the panic ends that client alone.
@@ -341,6 +344,13 @@ impl<'a> Relay<'a> {
             let len = u32::from_be_bytes([message[1], message[2], message[3], message[4]]) as usize;
             let body = shown.map(|n| &message[5..5 + n]);
             let mut effects = pinning::message_effects(tag, body);
+            if effects.reserved {
+                // The SQL is replaced by one that fails with 42939 (see `statements`): nothing of it runs.
+                effects = pinning::Effects {
+                    reserved: true,
+                    ..Default::default()
+                };
+            }
             let action = if !tracking {
                 Action::Pass
             } else if self.prefix.is_some() && b"PBDCQ".contains(&tag) {
@@ -355,7 +365,7 @@ impl<'a> Relay<'a> {
                 let server = self.server.as_mut().map(|s| &mut s.statements);
                 let sql = statements::SqlFlags {
                     drops_all: effects.clears.contains(Pins::PREPARED),
-                    reserved: false,
+                    reserved: effects.reserved,
                 };
                 if tag == b'Q' {
                     self.session.statements.query(len, body, sql, ready, server)
@@ -364,8 +374,8 @@ impl<'a> Relay<'a> {
                         registry: &self.shard.statements,
                         settings: self.session.settings.fingerprint(),
                         cap: self.shard.config().max_prepared_statements,
-                        max_statements: usize::MAX,
-                        max_statement_bytes: usize::MAX,
+                        max_statements: self.shard.config().max_client_statements,
+                        max_statement_bytes: self.shard.config().max_client_statement_bytes,
                     };
                     self.session
                         .statements
@@ -452,10 +462,22 @@ impl<'a> Relay<'a> {
                 )))
             }
         }
+        let mut creates = effects.creates;
         if let Some(changes) = effects.settings {
-            self.changes.get_or_insert_default().merge(*changes);
+            let all = self.changes.get_or_insert_default();
+            all.merge(*changes);
+            let (named, most) = (all.names.len(), self.shard.config().max_client_settings);
+            if named > most {
+                // More names than the client may carry: its settings stay on this server.
+                info!(
+                    "client pid {}: {named} settings changed in one transaction exceed max_client_settings ({most})",
+                    self.session.pid
+                );
+                self.changes = None;
+                creates.insert(Pins::SETTING);
+            }
         }
-        self.update_pins(effects.clears, effects.creates);
+        self.update_pins(effects.clears, creates);
         Ok(())
     }
 
