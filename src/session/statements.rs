@@ -67,8 +67,8 @@ const SCRATCH: &[u8] = b"pgherd_scratch";
 pub const MAX_NAMES: usize = 1024;
 
 /// Longest Parse body (name, query, parameter types) pgherd tracks: a longer one is forwarded as it is
-/// (`Action::Untracked`). The relay reads Parse bodies whole up to this size.
-pub const MAX_TRACKED_PARSE: usize = 48 * 1024;
+/// (`Action::Untracked`). The relay reads Parse and Query bodies whole up to this size, to scan them too.
+pub const MAX_TRACKED_PARSE: usize = 1 << 20;
 
 /// What SQL naming a `pgherd_` statement becomes: it fails on the server, with SQLSTATE 42939
 /// (reserved_name), when run. A utility statement, so a Parse of it succeeds and its Execute fails.
