@@ -292,40 +292,31 @@ fn state(pl: bool) -> BoxedStrategy<Stmt> {
     }
 }
 
-/// A SQL statement, with DO blocks nested `levels` deep at most.
-fn sql_stmt(levels: u32, noise_only: bool) -> BoxedStrategy<Stmt> {
-    let noise = prop_oneof![noise(NOISE_ANY), noise(NOISE_SQL)];
+/// A statement of SQL (`pl` false) or of PL/pgSQL, with DO blocks, and in PL/pgSQL EXECUTE, nested `levels` deep
+/// at most.
+fn stmt(pl: bool, levels: u32, noise_only: bool) -> BoxedStrategy<Stmt> {
+    let own_noise = if pl { NOISE_PL } else { NOISE_SQL };
+    let noise = prop_oneof![noise(NOISE_ANY), noise(own_noise)];
     let leaf = if noise_only {
         noise.boxed()
     } else {
-        prop_oneof![2 => state(false), 1 => noise].boxed()
+        prop_oneof![2 => state(pl), 1 => noise].boxed()
     };
     if levels == 0 {
         return leaf;
     }
-    let body = prop::collection::vec(pl_stmt(levels - 1, noise_only), 1..4);
-    prop_oneof![4 => leaf, 1 => body.prop_map(Stmt::Do)].boxed()
-}
-
-/// A PL/pgSQL statement, with DO blocks and EXECUTE nested `levels` deep at most.
-fn pl_stmt(levels: u32, noise_only: bool) -> BoxedStrategy<Stmt> {
-    let noise = prop_oneof![noise(NOISE_ANY), noise(NOISE_PL)];
-    let leaf = if noise_only {
-        noise.boxed()
-    } else {
-        prop_oneof![2 => state(true), 1 => noise].boxed()
-    };
-    if levels == 0 {
-        return leaf;
+    let body_len = if pl { 1..3 } else { 1..4 };
+    let body = prop::collection::vec(stmt(true, levels - 1, noise_only), body_len);
+    if !pl {
+        return prop_oneof![4 => leaf, 1 => body.prop_map(Stmt::Do)].boxed();
     }
-    let body = prop::collection::vec(pl_stmt(levels - 1, noise_only), 1..3);
-    let dynamic = sql_stmt(levels - 1, noise_only).prop_map(|s| Stmt::Dynamic(Box::new(s)));
+    let dynamic = stmt(false, levels - 1, noise_only).prop_map(|s| Stmt::Dynamic(Box::new(s)));
     prop_oneof![4 => leaf, 1 => body.prop_map(Stmt::Do), 1 => dynamic].boxed()
 }
 
 /// SQL text of one to five statements, nested up to the scan's depth.
 fn statements(noise_only: bool) -> impl Strategy<Value = Vec<Stmt>> {
-    prop::collection::vec(sql_stmt(MAX_LEVEL as u32, noise_only), 1..6)
+    prop::collection::vec(stmt(false, MAX_LEVEL as u32, noise_only), 1..6)
 }
 
 /// What the scan must find in generated SQL.
