@@ -301,3 +301,33 @@ async fn a_statement_parsed_again_after_ddl_is_planned_fresh() {
     assert_eq!(error_code(&replies), None, "{replies:?}");
     assert_eq!(value::<i64>(&ddl, "SELECT count(*) FROM feelings").await, 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn state_is_cleared_only_by_statements_that_ran_and_committed() {
+    let Fixture { pg: _pg, herd } = fixture("transaction", 2, "workers = 1");
+    let c = connect(herd.port, "app", "secret", "app").await;
+    c.batch_execute("LISTEN channel").await.unwrap();
+    herd.wait_for_log("keeps its server: LISTEN", Duration::from_secs(5));
+    let pinned = backend_pid(&c).await;
+    // Refused inside a transaction block, rolled back, failed: the LISTEN is still on the server.
+    let refused = c.batch_execute("SELECT 1; DISCARD ALL").await.unwrap_err();
+    assert_eq!(
+        refused.code().map(|c| c.code()),
+        Some("25001"),
+        "{refused:?}"
+    );
+    c.batch_execute("BEGIN; UNLISTEN *; ROLLBACK")
+        .await
+        .unwrap();
+    c.batch_execute("BEGIN; UNLISTEN *; SELECT 1/0")
+        .await
+        .unwrap_err();
+    c.batch_execute("ROLLBACK").await.unwrap();
+    assert_eq!(backend_pid(&c).await, pinned);
+    assert!(!herd.log().contains("returns to pooling"), "{}", herd.log());
+    let listening: i64 = value(&c, "SELECT count(*) FROM pg_listening_channels()").await;
+    assert_eq!(listening, 1);
+    // Committed: the client goes back to pooling.
+    c.batch_execute("BEGIN; UNLISTEN *; COMMIT").await.unwrap();
+    herd.wait_for_log("returns to pooling", Duration::from_secs(5));
+}

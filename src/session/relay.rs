@@ -70,6 +70,10 @@ pub struct Relay<'a> {
     changes: Option<Box<SettingChanges>>,
     /// Session state the server holds for this client (see `pinning`): while any, the client keeps its server.
     pins: Pins,
+    /// State the client's statements clear once they have run and their transaction has committed.
+    clearing: Pins,
+    /// An error or a rollback since `clearing` was last settled.
+    clearing_failed: bool,
     /// The client sent Terminate: forward what came before it, then finish.
     terminated: bool,
     /// Tag of the last message from the server, to know whether it explained its own exit.
@@ -151,6 +155,8 @@ impl<'a> Relay<'a> {
             from_server: Scanner::default(),
             tx: Tracker::default(),
             pins: Pins::default(),
+            clearing: Pins::default(),
+            clearing_failed: false,
             terminated: false,
             last_server_tag: 0,
             asked: Asked::default(),
@@ -477,7 +483,11 @@ impl<'a> Relay<'a> {
                 creates.insert(Pins::SETTING);
             }
         }
-        self.update_pins(effects.clears, creates);
+        // State is cleared once the server says the statement ran and its transaction committed: a DISCARD ALL
+        // refused inside a transaction block, or an UNLISTEN * rolled back, must not unpin a client whose
+        // server still has a role or a LISTEN.
+        self.clearing.insert(effects.clears);
+        self.update_pins(Pins::default(), creates);
         Ok(())
     }
 
@@ -539,7 +549,12 @@ impl<'a> Relay<'a> {
         let mut buf = self.s2c.take().expect("a server read fills s2c");
         let result = self.scan_server(&mut buf);
         self.s2c = Some(buf);
-        result?;
+        if let Some(ran) = result? {
+            let clears = std::mem::take(&mut self.clearing);
+            if ran {
+                self.update_pins(clears, Pins::default());
+            }
+        }
         if self.mode == PoolMode::Statement && self.tx.settled() && self.tx.in_transaction() {
             return Err(Fatal::new(
                 sqlstate::FEATURE_NOT_SUPPORTED,
@@ -551,14 +566,18 @@ impl<'a> Relay<'a> {
 
     /// Frames what the server sent: ReadyForQuery ends a batch, and when statements are tracked, replies to
     /// Parse and Close are matched with what pgherd sent (hidden, passed, or turned into a ParseComplete).
-    fn scan_server(&mut self, buf: &mut IoBuf) -> Result<(), Fatal> {
+    fn scan_server(&mut self, buf: &mut IoBuf) -> Result<Option<bool>, Fatal> {
         let tracking = self.mode != PoolMode::Session;
         let server = self.server.as_mut().expect("only a leased server sends");
+        // Whether the statements that would clear session state ran: only then is the client unpinned.
+        let clearing = !self.clearing.is_empty();
+        let mut verdict = None;
         loop {
-            let (tx, last, statements) = (
+            let (tx, last, statements, failed) = (
                 &mut self.tx,
                 &mut self.last_server_tag,
                 &mut self.session.statements,
+                &mut self.clearing_failed,
             );
             let (mut broken, mut found) = (false, None);
             let n = self
@@ -568,6 +587,7 @@ impl<'a> Relay<'a> {
                     MAX_MESSAGE_LEN,
                     |tag| match tag {
                         b'Z' => Want::Whole(MAX_WHOLE_SERVER_MESSAGE),
+                        b'C' if clearing => Want::Head(8),
                         _ => Want::Tag,
                     },
                     |tag, body| {
@@ -578,9 +598,20 @@ impl<'a> Relay<'a> {
                                 if tracking {
                                     statements.ready(&mut server.statements);
                                 }
+                                *failed |= status == b'E';
+                                if status == b'I' {
+                                    verdict = Some(verdict.unwrap_or(true) && !*failed);
+                                    *failed = false;
+                                }
                             }
                             (b'Z', _) => broken = true,
-                            (b'E', _) if tracking => statements.error(&mut server.statements),
+                            (b'C', Some(b"ROLLBACK")) => *failed = true,
+                            (b'E', _) => {
+                                *failed = true;
+                                if tracking {
+                                    statements.error(&mut server.statements);
+                                }
+                            }
                             (b'1' | b'3', _) if tracking => {
                                 found = Some(tag);
                                 return Flow::Stop;
@@ -601,7 +632,7 @@ impl<'a> Relay<'a> {
                 ));
             }
             if found.is_none() {
-                return Ok(());
+                return Ok(verdict);
             }
             if buf.unscanned()[1..5] != 4u32.to_be_bytes() {
                 return Err(Fatal::new(
