@@ -308,3 +308,99 @@ mod tests {
         assert!(params(&[("options", "-c")]).is_err());
     }
 }
+
+#[cfg(test)]
+mod props {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// Reads an `E'...'` literal back as PostgreSQL would: `''` is a quote, `\\` a backslash.
+    fn unliteral(sql: &str) -> Option<String> {
+        let inner = sql.strip_prefix("E'")?.strip_suffix('\'')?;
+        let (mut out, mut chars) = (String::new(), inner.chars());
+        while let Some(c) = chars.next() {
+            match c {
+                '\\' => out.push(chars.next()?),
+                '\'' if chars.next()? == '\'' => out.push('\''),
+                '\'' => return None,
+                c => out.push(c),
+            }
+        }
+        Some(out)
+    }
+
+    /// An `options` word for `name=value`: every space and backslash escaped, as libpq users must.
+    fn option_word(name: &str, value: &str) -> String {
+        let mut word = format!("-c {name}=");
+        for c in value.chars() {
+            if c == '\\' || c.is_ascii_whitespace() {
+                word.push('\\');
+            }
+            word.push(c);
+        }
+        word
+    }
+
+    proptest! {
+        #![proptest_config(crate::fuzzing::config())]
+
+        /// Whatever a client puts in its startup packet: a setting list or an error, never a panic, and only
+        /// names PostgreSQL could have.
+        #[test]
+        fn any_startup_parameters_are_read_or_refused(
+            pairs in proptest::collection::vec((".{0,12}", ".{0,24}"), 0..8),
+        ) {
+            if let Ok(p) = StartupParams::from_startup(&pairs) {
+                for (name, _) in &p.settings {
+                    prop_assert!(!name.is_empty());
+                    prop_assert!(name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'.'));
+                }
+                prop_assert_eq!(p.fingerprint() == FRESH, p.settings.is_empty());
+                prop_assert!(p.fingerprint() != UNKNOWN);
+            }
+        }
+
+        /// `-c name=value` words, values escaped: each value comes back exactly, the last of a name winning.
+        #[test]
+        fn options_round_trip(
+            settings in proptest::collection::vec(("[a-z_][a-z0-9_.]{0,10}", "[^\u{0}]{0,16}"), 1..6),
+        ) {
+            let words: Vec<String> = settings.iter().map(|(n, v)| option_word(n, v)).collect();
+            let p = StartupParams::from_startup(&[("options".to_owned(), words.join(" "))]);
+            let p = p.map_err(TestCaseError::fail)?;
+            for (name, _) in &settings {
+                let last = settings.iter().rev().find(|(n, _)| n == name).map(|(_, v)| v.as_str());
+                prop_assert_eq!(p.get(name), last);
+            }
+        }
+
+        /// Any value is quoted so the server reads it back unchanged: nothing a client sets escapes its literal.
+        #[test]
+        fn values_are_quoted_whatever_they_hold(value in ".{0,40}") {
+            prop_assert_eq!(unliteral(&literal(&value)), Some(value));
+        }
+
+        /// The settings after a transaction agree with what the server showed, and equal sets share a
+        /// fingerprint whatever order they were given in.
+        #[test]
+        fn changes_agree_with_what_the_server_showed(
+            defaults in proptest::collection::btree_map("[a-z]{1,4}", "[a-z0-9]{0,4}", 0..5),
+            observed in proptest::collection::vec(("[a-z]{1,4}", proptest::option::of("[a-z0-9]{1,4}")), 0..5),
+        ) {
+            let pairs: Vec<(String, String)> = defaults.into_iter().collect();
+            let start = StartupParams::from_startup(&pairs).map_err(TestCaseError::fail)?;
+            let mut reversed = pairs.clone();
+            reversed.reverse();
+            let same = StartupParams::from_startup(&reversed).map_err(TestCaseError::fail)?;
+            prop_assert_eq!(start.fingerprint(), same.fingerprint());
+            // Each name once, as the server reports it.
+            let mut seen = std::collections::HashSet::new();
+            let observed: Vec<_> = observed.into_iter().filter(|(n, _)| seen.insert(n.clone())).collect();
+            let now = start.changed(&start, &observed);
+            for (name, value) in &observed {
+                let expected = value.as_deref().or_else(|| start.get(name));
+                prop_assert_eq!(now.get(name), expected);
+            }
+        }
+    }
+}
