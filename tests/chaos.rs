@@ -23,7 +23,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{fixture, try_connect, Fixture, Pgherd};
+use common::{fixture, message, try_connect, Fixture, Pgherd};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_postgres::types::Type;
@@ -112,17 +112,6 @@ impl Rng {
 // Frontend messages
 // ---------------------------------------------------------------------------------------------------------------
 
-fn message(tag: u8, parts: &[&[u8]]) -> Vec<u8> {
-    let len: usize = parts.iter().map(|p| p.len()).sum::<usize>() + 4;
-    let mut out = Vec::with_capacity(1 + len);
-    out.push(tag);
-    out.extend_from_slice(&(len as u32).to_be_bytes());
-    for part in parts {
-        out.extend_from_slice(part);
-    }
-    out
-}
-
 fn query(sql: &[u8]) -> Vec<u8> {
     message(b'Q', &[sql, b"\0"])
 }
@@ -181,21 +170,6 @@ fn sync() -> Vec<u8> {
 
 fn flush() -> Vec<u8> {
     message(b'H', &[])
-}
-
-/// A StartupMessage for protocol 3.0.
-fn startup(params: &[(String, String)]) -> Vec<u8> {
-    let mut body = (3u32 << 16).to_be_bytes().to_vec();
-    for (k, v) in params {
-        body.extend_from_slice(k.as_bytes());
-        body.push(0);
-        body.extend_from_slice(v.as_bytes());
-        body.push(0);
-    }
-    body.push(0);
-    let mut packet = ((body.len() + 4) as u32).to_be_bytes().to_vec();
-    packet.extend(body);
-    packet
 }
 
 /// Bytes for a failure message: printable ASCII as is, the rest escaped, long runs shortened.
@@ -786,11 +760,15 @@ fn error_text(body: &[u8]) -> String {
 
 /// Logs in with trust auth and reads up to the first ReadyForQuery.
 async fn login(port: u16, params: &[(String, String)]) -> Result<TcpStream, String> {
+    let pairs: Vec<(&str, &str)> = params
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
     let mut stream = TcpStream::connect(("127.0.0.1", port))
         .await
         .map_err(|e| format!("connect: {e}"))?;
     stream
-        .write_all(&startup(params))
+        .write_all(&common::startup_packet(3 << 16, &pairs))
         .await
         .map_err(|e| format!("send startup: {e}"))?;
     loop {

@@ -358,21 +358,6 @@ async fn hostile_startups_are_closed_while_others_keep_working() {
     assert_eq!(value::<i32>(&good, "SELECT 1").await, 1);
 }
 
-/// A StartupMessage body: protocol version then key/value pairs.
-fn startup(version: u32, params: &[(&str, &str)]) -> Vec<u8> {
-    let mut body = version.to_be_bytes().to_vec();
-    for (k, v) in params {
-        body.extend_from_slice(k.as_bytes());
-        body.push(0);
-        body.extend_from_slice(v.as_bytes());
-        body.push(0);
-    }
-    body.push(0);
-    let mut packet = ((body.len() + 4) as u32).to_be_bytes().to_vec();
-    packet.extend(body);
-    packet
-}
-
 #[test]
 fn ssl_request_is_refused_and_a_newer_protocol_is_negotiated_down() {
     let Fixture { pg: _pg, herd } = fixture("transaction", 2, "workers = 1\nauth_type = \"trust\"");
@@ -382,7 +367,7 @@ fn ssl_request_is_refused_and_a_newer_protocol_is_negotiated_down() {
     let mut answer = [0u8; 1];
     s.read_exact(&mut answer).unwrap();
     assert_eq!(&answer, b"N");
-    s.write_all(&startup(
+    s.write_all(&common::startup_packet(
         3 << 16 | 2,
         &[("user", "app"), ("database", "app"), ("_pq_.magic", "1")],
     ))
@@ -481,8 +466,11 @@ fn gssenc_request_is_refused_and_login_goes_on() {
     let mut answer = [0u8; 1];
     s.read_exact(&mut answer).unwrap();
     assert_eq!(&answer, b"N");
-    s.write_all(&startup(3 << 16, &[("user", "app"), ("database", "app")]))
-        .unwrap();
+    s.write_all(&common::startup_packet(
+        3 << 16,
+        &[("user", "app"), ("database", "app")],
+    ))
+    .unwrap();
     let mut header = [0u8; 5];
     s.read_exact(&mut header).unwrap();
     assert_eq!(
@@ -548,7 +536,7 @@ async fn a_verifier_only_user_logs_in_to_postgres_with_the_clients_proof() {
 fn replication_connections_are_refused_clearly() {
     let Fixture { pg: _pg, herd } = fixture("transaction", 2, "workers = 1\nauth_type = \"trust\"");
     let mut s = TcpStream::connect(("127.0.0.1", herd.port)).unwrap();
-    s.write_all(&startup(
+    s.write_all(&common::startup_packet(
         3 << 16,
         &[
             ("user", "app"),
@@ -571,8 +559,11 @@ fn a_client_stalled_in_the_middle_of_a_message_is_closed_and_frees_its_server() 
     );
     let mut s = TcpStream::connect(("127.0.0.1", herd.port)).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    s.write_all(&startup(3 << 16, &[("user", "app"), ("database", "app")]))
-        .unwrap();
+    s.write_all(&common::startup_packet(
+        3 << 16,
+        &[("user", "app"), ("database", "app")],
+    ))
+    .unwrap();
     // Read the greeting up to ReadyForQuery.
     let mut greeting = Vec::new();
     let mut byte = [0u8; 1];
@@ -649,13 +640,7 @@ async fn sighup_is_logged_and_ignored() {
 /// then stalls: a client that claims a user name and never proves it.
 fn stalled_login(port: u16, user: &str) -> TcpStream {
     let mut stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
-    let mut body = 196_608u32.to_be_bytes().to_vec();
-    for part in ["user", user, "database", "app", ""] {
-        body.extend_from_slice(part.as_bytes());
-        body.push(0);
-    }
-    let mut packet = ((body.len() + 4) as u32).to_be_bytes().to_vec();
-    packet.extend_from_slice(&body);
+    let packet = common::startup_packet(3 << 16, &[("user", user), ("database", "app")]);
     stream.write_all(&packet).unwrap();
     stream
         .set_read_timeout(Some(Duration::from_secs(10)))
@@ -709,16 +694,6 @@ async fn logins_in_progress_are_bounded_per_shard() {
     assert_eq!(value::<i32>(&c, "SELECT 3").await, 3);
 }
 
-/// Reads one message: (tag, body).
-fn read_message(stream: &mut TcpStream) -> (u8, Vec<u8>) {
-    let mut head = [0u8; 5];
-    stream.read_exact(&mut head).unwrap();
-    let len = u32::from_be_bytes([head[1], head[2], head[3], head[4]]) as usize;
-    let mut body = vec![0; len - 4];
-    stream.read_exact(&mut body).unwrap();
-    (head[0], body)
-}
-
 /// What a login as `user` is asked: the SASL mechanism list, then the SCRAM server-first message with the
 /// salt and iteration count, for a client-first with a fixed nonce.
 fn scram_challenge(port: u16, user: &str) -> (Vec<u8>, String) {
@@ -726,25 +701,18 @@ fn scram_challenge(port: u16, user: &str) -> (Vec<u8>, String) {
     stream
         .set_read_timeout(Some(Duration::from_secs(10)))
         .unwrap();
-    let mut body = 196_608u32.to_be_bytes().to_vec();
-    for part in ["user", user, "database", "app", ""] {
-        body.extend_from_slice(part.as_bytes());
-        body.push(0);
-    }
-    let mut packet = ((body.len() + 4) as u32).to_be_bytes().to_vec();
-    packet.extend_from_slice(&body);
+    let packet = common::startup_packet(3 << 16, &[("user", user), ("database", "app")]);
     stream.write_all(&packet).unwrap();
-    let (tag, mechanisms) = read_message(&mut stream);
+    let (tag, mechanisms) = common::read_message(&mut stream);
     assert_eq!(tag, b'R');
     let first = b"n,,n=,r=fixednonce0123456789";
     let mut initial = b"SCRAM-SHA-256\0".to_vec();
     initial.extend_from_slice(&(first.len() as u32).to_be_bytes());
     initial.extend_from_slice(first);
-    let mut message = vec![b'p'];
-    message.extend_from_slice(&((initial.len() + 4) as u32).to_be_bytes());
-    message.extend_from_slice(&initial);
-    stream.write_all(&message).unwrap();
-    let (tag, server_first) = read_message(&mut stream);
+    stream
+        .write_all(&common::message(b'p', &[&initial]))
+        .unwrap();
+    let (tag, server_first) = common::read_message(&mut stream);
     assert_eq!(tag, b'R', "{}", String::from_utf8_lossy(&server_first));
     assert_eq!(server_first[..4], 11u32.to_be_bytes(), "SASLContinue");
     (

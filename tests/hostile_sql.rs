@@ -3,34 +3,29 @@
 
 mod common;
 
-use std::io::{Read, Write};
+use std::io::Write;
 use std::net::TcpStream;
 use std::time::Duration;
 
-use common::{backend_pid, connect, fixture, value, wait_until, Fixture, Postgres};
+use common::{
+    backend_pid, connect, fixture, message, read_message, startup_packet, terminate_backend, value,
+    Fixture,
+};
 
 /// A raw protocol client, for messages drivers do not let a test choose (logs in with trust).
 struct Raw(TcpStream);
 
 type Message = (u8, Vec<u8>);
 
-fn message(tag: u8, parts: &[&[u8]]) -> Vec<u8> {
-    let body: Vec<u8> = parts.concat();
-    let mut out = vec![tag];
-    out.extend_from_slice(&((body.len() + 4) as u32).to_be_bytes());
-    out.extend_from_slice(&body);
-    out
-}
-
 impl Raw {
     fn login(port: u16) -> Raw {
         let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
         s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
-        let mut body = 196_608u32.to_be_bytes().to_vec();
-        body.extend_from_slice(b"user\0app\0database\0app\0\0");
-        let mut packet = ((body.len() + 4) as u32).to_be_bytes().to_vec();
-        packet.extend_from_slice(&body);
-        s.write_all(&packet).unwrap();
+        s.write_all(&startup_packet(
+            3 << 16,
+            &[("user", "app"), ("database", "app")],
+        ))
+        .unwrap();
         let mut raw = Raw(s);
         let login = raw.until_ready();
         assert!(login.iter().all(|(t, _)| *t != b'E'), "{login:?}");
@@ -41,19 +36,10 @@ impl Raw {
         self.0.write_all(bytes).unwrap();
     }
 
-    fn read(&mut self) -> Message {
-        let mut head = [0u8; 5];
-        self.0.read_exact(&mut head).unwrap();
-        let len = u32::from_be_bytes([head[1], head[2], head[3], head[4]]) as usize;
-        let mut body = vec![0; len - 4];
-        self.0.read_exact(&mut body).unwrap();
-        (head[0], body)
-    }
-
     fn until_ready(&mut self) -> Vec<Message> {
         let mut got = Vec::new();
         loop {
-            let m = self.read();
+            let m = read_message(&mut self.0);
             let done = m.0 == b'Z';
             got.push(m);
             if done {
@@ -127,16 +113,6 @@ async fn what_postgres_refuses_is_refused_and_the_pooler_lives_on() {
     assert_eq!(value::<i32>(&other, "SELECT 2").await, 2);
 }
 
-/// Closes the backend `pid` from PostgreSQL's side, so the client's next transaction needs another server.
-fn terminate(pg: &Postgres, pid: i32) {
-    pg.sql(&format!("SELECT pg_terminate_backend({pid})"));
-    wait_until(Duration::from_secs(10), "the backend is gone", || {
-        pg.sql(&format!(
-            "SELECT count(*) FROM pg_stat_activity WHERE pid = {pid}"
-        )) == "0"
-    });
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn set_session_forms_follow_their_client() {
     let Fixture { pg, herd } = fixture("transaction", 2, "workers = 1");
@@ -144,7 +120,7 @@ async fn set_session_forms_follow_their_client() {
     c.batch_execute("SET SESSION TIME ZONE 'Asia/Tokyo'; SET SESSION XML OPTION DOCUMENT")
         .await
         .unwrap();
-    terminate(&pg, backend_pid(&c).await);
+    terminate_backend(&pg, backend_pid(&c).await);
     assert_eq!(value::<String>(&c, "SHOW TimeZone").await, "Asia/Tokyo");
     assert_eq!(value::<String>(&c, "SHOW xmloption").await, "document");
     assert!(!herd.log().contains("keeps its server"), "{}", herd.log());

@@ -146,20 +146,6 @@ async fn set_follows_its_client_across_servers_and_reset_returns_to_startup_valu
     assert_eq!(show(&a, "TimeZone").await, "Asia/Tokyo");
 }
 
-/// Closes the backend `pid` from PostgreSQL's side, so the client's next transaction needs another server.
-fn terminate(pg: &common::Postgres, pid: i32) {
-    pg.sql(&format!("SELECT pg_terminate_backend({pid})"));
-    common::wait_until(
-        std::time::Duration::from_secs(10),
-        "the backend is gone",
-        || {
-            pg.sql(&format!(
-                "SELECT count(*) FROM pg_stat_activity WHERE pid = {pid}"
-            )) == "0"
-        },
-    );
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_64_kb_value_and_a_thousand_custom_settings_follow_their_client() {
     let Fixture { pg, herd } = fixture("transaction", 2, "workers = 1");
@@ -171,7 +157,7 @@ async fn a_64_kb_value_and_a_thousand_custom_settings_follow_their_client() {
     }
     a.batch_execute(&sql).await.unwrap();
     let first = backend_pid(&a).await;
-    terminate(&pg, first);
+    common::terminate_backend(&pg, first);
     assert_ne!(backend_pid(&a).await, first);
     assert_eq!(show(&a, "app.jwt").await, jwt);
     assert_eq!(show(&a, "app.s0").await, "v0");

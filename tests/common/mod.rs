@@ -14,7 +14,7 @@
 
 use std::collections::HashSet;
 use std::fs;
-use std::io::{self, Write};
+use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::{Path, PathBuf};
@@ -977,4 +977,56 @@ pub async fn value<T: tokio_postgres::types::FromSqlOwned>(
 /// The PostgreSQL backend a client's next transaction runs on.
 pub async fn backend_pid(c: &tokio_postgres::Client) -> i32 {
     value(c, "SELECT pg_backend_pid()").await
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Raw protocol bytes, for what drivers do not let a test choose
+// ---------------------------------------------------------------------------------------------------------------
+
+/// A StartupMessage: protocol `version` (`3 << 16` for 3.0), then the key/value pairs.
+pub fn startup_packet(version: u32, params: &[(&str, &str)]) -> Vec<u8> {
+    let mut body = version.to_be_bytes().to_vec();
+    for (k, v) in params {
+        body.extend_from_slice(k.as_bytes());
+        body.push(0);
+        body.extend_from_slice(v.as_bytes());
+        body.push(0);
+    }
+    body.push(0);
+    let mut packet = ((body.len() + 4) as u32).to_be_bytes().to_vec();
+    packet.extend(body);
+    packet
+}
+
+/// A frontend message: tag, length, and the parts of its body.
+pub fn message(tag: u8, parts: &[&[u8]]) -> Vec<u8> {
+    let len: usize = parts.iter().map(|p| p.len()).sum::<usize>() + 4;
+    let mut out = Vec::with_capacity(1 + len);
+    out.push(tag);
+    out.extend_from_slice(&(len as u32).to_be_bytes());
+    for part in parts {
+        out.extend_from_slice(part);
+    }
+    out
+}
+
+/// Reads one backend message: (tag, body).
+pub fn read_message(stream: &mut TcpStream) -> (u8, Vec<u8>) {
+    let mut head = [0u8; 5];
+    stream.read_exact(&mut head).expect("read a message header");
+    let len = u32::from_be_bytes([head[1], head[2], head[3], head[4]]) as usize;
+    let mut body = vec![0; len.saturating_sub(4)];
+    stream.read_exact(&mut body).expect("read a message body");
+    (head[0], body)
+}
+
+/// Ends backend `pid` from PostgreSQL's side and polls until it is gone, so a client's next transaction needs
+/// another server.
+pub fn terminate_backend(pg: &Postgres, pid: i32) {
+    pg.sql(&format!("SELECT pg_terminate_backend({pid})"));
+    wait_until(Duration::from_secs(10), "the backend is gone", || {
+        pg.sql(&format!(
+            "SELECT count(*) FROM pg_stat_activity WHERE pid = {pid}"
+        )) == "0"
+    });
 }
