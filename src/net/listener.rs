@@ -63,6 +63,5 @@ pub fn only_that_connection(e: &io::Error) -> bool {
 
 /// Keepalive for client sockets (set on the listener, inherited by each accepted socket): a peer that vanished without a FIN (a killed VM, a dropped NAT entry) is found
 /// after 300 s + 4 × 30 s instead of the kernel's default 2 h 11 min, and probes stay cheap: one per idle client
-/// every 300 s, about 3,300 probes/s at a million idle clients
-/// (../shared/docs/research/performance-and-linux-limits.md §3.6).
+/// every 300 s, about 3,300 probes/s at a million idle clients (10^6 / 300).
 const KEEPALIVE: (Duration, Duration, u32) = (Duration::from_secs(300), Duration::from_secs(30), 4);
