@@ -195,16 +195,23 @@ async fn sql_cannot_reach_the_pooler_s_statements() {
         !hidden.is_empty(),
         "the hidden statement is visible on the shared server"
     );
+    // In the client's own namespace, as on PostgreSQL: it has no statement of that name.
     for name in &hidden {
         for attempt in [
             format!("DEALLOCATE \"{name}\""),
             format!("DEALLOCATE PREPARE {name}"),
             format!("EXECUTE {name}(1)"),
-            format!("PREPARE {name} AS SELECT 2"),
+            format!("SELECT 1; EXPLAIN EXECUTE {}(1)", name.to_uppercase()),
         ] {
             let replies = hostile.query(&attempt);
-            assert_eq!(error_code(&replies).as_deref(), Some("42939"), "{attempt}");
+            assert_eq!(error_code(&replies).as_deref(), Some("26000"), "{attempt}");
         }
+        // Where pgherd cannot rename the name, the SQL fails instead.
+        let nested = format!("DO $$ BEGIN EXECUTE 'DEALLOCATE {name}'; END $$");
+        assert_eq!(
+            error_code(&hostile.query(&nested)).as_deref(),
+            Some("42939")
+        );
     }
     // The owner's statement is untouched.
     let mut bind = message(
@@ -234,6 +241,23 @@ async fn sql_cannot_reach_the_pooler_s_statements() {
     owner.send(&bind);
     let again = owner.until_ready();
     assert_eq!(error_code(&again), None, "{again:?}");
+    // A client's own statement under such a name works as on PostgreSQL (it keeps the client on its server,
+    // like any SQL PREPARE), and never touches the hidden one.
+    let name = &hidden[0];
+    for (sql, code) in [
+        (format!("PREPARE {name} AS SELECT 2"), None),
+        (format!("PREPARE {name} AS SELECT 3"), Some("42P05")),
+        (format!("EXECUTE {name}"), None),
+        (format!("DEALLOCATE {name}"), None),
+        (format!("EXECUTE {name}"), Some("26000")),
+    ] {
+        assert_eq!(error_code(&hostile.query(&sql)).as_deref(), code, "{sql}");
+    }
+    drop(hostile);
+    owner.send(&bind);
+    let still = owner.until_ready();
+    assert_eq!(error_code(&still), None, "{still:?}");
+    assert!(still.iter().any(|(t, b)| *t == b'D' && b.ends_with(b"6")));
 }
 
 impl Raw {

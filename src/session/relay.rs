@@ -350,6 +350,25 @@ impl<'a> Relay<'a> {
             let len = u32::from_be_bytes([message[1], message[2], message[3], message[4]]) as usize;
             let body = shown.map(|n| &message[5..5 + n]);
             let mut effects = pinning::message_effects(tag, body);
+            if tracking && !effects.renames.is_empty() && !effects.reserved {
+                // The client's own `pgherd_` statement names go to a namespace of their own; the renamed
+                // message is scanned again (where its names no longer count as pgherd's).
+                let renamed = body.and_then(|b| pinning::renamed(tag, b, &effects.renames));
+                if let Some(renamed) = renamed {
+                    let mut whole = Vec::with_capacity(5 + renamed.len());
+                    whole.push(tag);
+                    whole.extend_from_slice(&((renamed.len() + 4) as u32).to_be_bytes());
+                    whole.extend_from_slice(&renamed);
+                    if !buf.splice(1 + len, &whole) {
+                        return Err(Fatal::new(
+                            sqlstate::PROGRAM_LIMIT_EXCEEDED,
+                            "message too large for pgherd to rewrite",
+                        ));
+                    }
+                    continue;
+                }
+                effects.reserved = true;
+            }
             if effects.reserved {
                 // The SQL is replaced by one that fails with 42939 (see `statements`): nothing of it runs.
                 effects = pinning::Effects {

@@ -18,7 +18,8 @@
 //!   Query; for a Parse of one, at each Execute after a Bind of that statement.
 //! - A client over its limits (`Context::max_statements`, `max_statement_bytes`) keeps its new statements
 //!   under its own names on its server, which it then keeps (`Action::Untracked`).
-//! - SQL that names a `pgherd_` statement (PREPARE, EXECUTE, DEALLOCATE) is replaced by SQL that fails.
+//! - SQL that names a `pgherd_` statement (PREPARE, EXECUTE, DEALLOCATE) where the relay could not rename it
+//!   into the client's own namespace (inside a DO body or an EXECUTE string) is replaced by SQL that fails.
 //!
 //! Replies to Parse and Close are told apart by order: the server answers messages in order and skips the
 //! rest of a batch after an error, so each expected reply carries its batch (Syncs and Queries sent before

@@ -43,6 +43,11 @@ impl Token {
     }
 
     /// The unquoted keyword `keyword`, in any case.
+    /// Where the token is in the text it came from.
+    pub(super) fn span(self) -> std::ops::Range<usize> {
+        self.start as usize..self.end as usize
+    }
+
     pub(super) fn is(self, text: &[u8], keyword: &str) -> bool {
         self.kind == Kind::Word && self.text(text).eq_ignore_ascii_case(keyword.as_bytes())
     }

@@ -103,8 +103,13 @@ pub struct Effects {
     /// Boxed: most SQL changes no setting.
     pub settings: Option<Box<SettingChanges>>,
     /// The SQL names a prepared statement `pgherd_...` (PREPARE, EXECUTE, DEALLOCATE, EXPLAIN EXECUTE, CREATE
-    /// TABLE AS EXECUTE), as PostgreSQL folds the name: those are pgherd's own, which no client may reach.
+    /// TABLE AS EXECUTE), as PostgreSQL folds the name, where pgherd cannot rename it (see `renames`): the SQL
+    /// must fail, since pgherd's own statements have such names and no client may reach them.
     pub reserved: bool,
+    /// Where the SQL itself names a prepared statement `pgherd_...`: each is renamed (see [`renamed`]) to
+    /// `"name "`, which no statement of pgherd's is called, so the client's own statements of such names live
+    /// in a namespace of their own, as on PostgreSQL. Empty, and unallocated, for nearly all SQL.
+    pub renames: Vec<std::ops::Range<usize>>,
 }
 
 /// Settings named by SET, RESET and set_config (lower case), and whether all of them were reset (RESET ALL,
@@ -153,10 +158,50 @@ impl Effects {
         self.creates.insert(other.creates);
         self.clears.0 &= other.clears.0;
         self.reserved |= other.reserved;
+        if self.renames != other.renames {
+            // The readings disagree on where the names are: not rewritten, refused.
+            self.reserved = true;
+            self.renames.clear();
+        }
         if let Some(changes) = other.settings {
             self.settings.get_or_insert_default().merge(*changes);
         }
     }
+}
+
+/// The body of Query or Parse message `tag` with the `pgherd_` statement names at `renames` (offsets in its
+/// SQL, ascending, from [`message_effects`]) written as `"name "`; `None` when they are not where they should
+/// be.
+pub fn renamed(tag: u8, body: &[u8], renames: &[std::ops::Range<usize>]) -> Option<Vec<u8>> {
+    let sql_at = match tag {
+        b'Q' => 0,
+        b'P' => body.iter().position(|&b| b == 0)? + 1,
+        _ => return None,
+    };
+    let mut out = Vec::with_capacity(body.len() + 4 * renames.len());
+    let mut at = 0;
+    for range in renames {
+        let (start, end) = (
+            sql_at.checked_add(range.start)?,
+            sql_at.checked_add(range.end)?,
+        );
+        out.extend_from_slice(body.get(at..start)?);
+        let token = body.get(start..end)?;
+        // Folded as PostgreSQL folds it: an unquoted name to lower case, a quoted one as written.
+        let name: Vec<u8> = match token
+            .strip_prefix(b"\"")
+            .and_then(|t| t.strip_suffix(b"\""))
+        {
+            Some(quoted) => quoted.to_vec(),
+            None => token.to_ascii_lowercase(),
+        };
+        out.push(b'"');
+        out.extend_from_slice(&name);
+        out.extend_from_slice(b" \"");
+        at = end;
+    }
+    out.extend_from_slice(body.get(at..)?);
+    Some(out)
 }
 
 /// What a client message does to session state: the SQL in a Query or Parse (protocol-level prepared

@@ -155,8 +155,8 @@ impl Statement {
             }
             _ => {}
         }
-        if after_as_execute && reserved_name(text, token) {
-            scan.effects.reserved = true;
+        if after_as_execute {
+            reserve(text, token, self.level, scan.effects);
         }
         self.head.push(token);
         self.before_last = last;
@@ -270,16 +270,16 @@ impl Statement {
         } else if is(0, "PREPARE") {
             if !(is(1, "TRANSACTION") && matches!(head.get(2).kind, Kind::Str(_))) {
                 effects.creates.insert(Pins::PREPARED);
-                effects.reserved |= reserved_name(text, head.get(1));
+                reserve(text, head.get(1), self.level, effects);
             }
         } else if is(0, "EXECUTE") && (self.mode == Mode::Sql || self.explained) {
-            effects.reserved |= reserved_name(text, head.get(1));
+            reserve(text, head.get(1), self.level, effects);
         } else if is(0, "DEALLOCATE") {
             let name = head.get(if is(1, "PREPARE") { 2 } else { 1 });
             if name.is(text, "ALL") {
                 clears.insert(Pins::PREPARED);
             } else {
-                effects.reserved |= reserved_name(text, name);
+                reserve(text, name, self.level, effects);
             }
         } else if is(0, "DECLARE") && self.with_hold {
             effects.creates.insert(Pins::HOLD_CURSOR);
@@ -317,10 +317,26 @@ impl Statement {
     }
 }
 
-/// A prepared statement's name that is pgherd's: `pgherd_...` as PostgreSQL folds it. A name with Unicode
-/// escapes counts too, since pgherd does not decode them.
+/// A prepared statement's name that may be pgherd's: `pgherd_...` as PostgreSQL folds it, unless it ends in a
+/// space, as the names clients' own `pgherd_` statements are renamed to do (pgherd's never do). A name with
+/// Unicode escapes counts too, since pgherd does not decode them.
 fn reserved_name(text: &[u8], token: Token) -> bool {
-    token.kind == Kind::UnicodeQuoted || token.ident_starts_with(text, RESERVED_PREFIX)
+    let renamed = matches!(token.ident(text), Some((name, true)) if name.ends_with(b" "));
+    token.kind == Kind::UnicodeQuoted
+        || (token.ident_starts_with(text, RESERVED_PREFIX) && !renamed)
+}
+
+/// A statement names `token` as a prepared statement: a `pgherd_` name in the SQL itself is renamed into the
+/// client's own namespace (`Effects::renames`); one pgherd cannot rewrite (in a DO body or an EXECUTE string,
+/// or spelled with Unicode escapes) makes the SQL fail instead (`Effects::reserved`).
+fn reserve(text: &[u8], token: Token, level: u8, effects: &mut super::Effects) {
+    if !reserved_name(text, token) {
+        return;
+    }
+    match token.kind {
+        Kind::Word | Kind::Quoted if level == 0 => effects.renames.push(token.span()),
+        _ => effects.reserved = true,
+    }
 }
 
 #[cfg(test)]
@@ -328,8 +344,10 @@ mod tests {
     use crate::session::pinning::testing::creates;
     use crate::session::pinning::{scan, Pins};
 
+    /// Refused, or renamed into the client's own namespace.
     fn reserved(sql: &str) -> bool {
-        scan(sql.as_bytes()).reserved
+        let effects = scan(sql.as_bytes());
+        effects.reserved || !effects.renames.is_empty()
     }
 
     #[test]
@@ -498,6 +516,27 @@ mod tests {
         ] {
             assert!(!reserved(sql), "{sql}");
         }
+        // Names in the SQL itself are renamed; where pgherd cannot rewrite them, the SQL is refused.
+        assert_eq!(
+            scan(b"DEALLOCATE PGHERD_X; EXECUTE \"pgherd_y\"").renames,
+            [11..19, 29..39]
+        );
+        assert!(!scan(b"DEALLOCATE pgherd_x").reserved);
+        assert!(scan(b"DO $$ BEGIN EXECUTE 'DEALLOCATE pgherd_x'; END $$").reserved);
+        assert!(scan(b"EXECUTE U&\"\\0070gherd_x\"").reserved);
+        assert!(
+            !reserved("DEALLOCATE \"pgherd_x \""),
+            "a renamed name is the client's"
+        );
+        let renamed = crate::session::pinning::renamed(
+            b'Q',
+            b"DEALLOCATE PGHERD_X; EXECUTE \"pgherd_\"\"y\"\0",
+            &scan(b"DEALLOCATE PGHERD_X; EXECUTE \"pgherd_\"\"y\"").renames,
+        );
+        assert_eq!(
+            renamed.as_deref(),
+            Some(&b"DEALLOCATE \"pgherd_x \"; EXECUTE \"pgherd_\"\"y \"\0"[..])
+        );
         assert_eq!(creates("PREPARE pgherd_x AS SELECT 1"), Pins::PREPARED);
         assert_eq!(
             creates("CREATE TEMP TABLE t AS EXECUTE pgherd_x"),
