@@ -30,7 +30,8 @@ printf 'local all all trust\nhost all postgres 127.0.0.1/32 trust\nhost all all 
 "${RUN[@]}" "$PG_BIN/postgres" -D "$WORK/data" >"$WORK/postgres.log" 2>&1 &
 PG_PID=$!
 cleanup() {
-    kill -INT "$PG_PID" 2>/dev/null || true
+    # As root $PG_PID is runuser, which does not pass SIGINT on: signal the postmaster itself (fast shutdown).
+    kill -INT "$(head -1 "$WORK/data/postmaster.pid" 2>/dev/null)" 2>/dev/null || kill -INT "$PG_PID" 2>/dev/null || true
     wait "$PG_PID" 2>/dev/null || true
     rm -rf "$WORK"
 }
