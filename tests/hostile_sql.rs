@@ -327,6 +327,10 @@ async fn state_is_cleared_only_by_statements_that_ran_and_committed() {
     assert!(!herd.log().contains("returns to pooling"), "{}", herd.log());
     let listening: i64 = value(&c, "SELECT count(*) FROM pg_listening_channels()").await;
     assert_eq!(listening, 1);
+    // A LISTEN after the UNLISTEN * in the same committed batch keeps the client on its server.
+    c.batch_execute("UNLISTEN *; LISTEN other").await.unwrap();
+    assert_eq!(backend_pid(&c).await, pinned);
+    assert!(!herd.log().contains("returns to pooling"), "{}", herd.log());
     // Committed: the client goes back to pooling.
     c.batch_execute("BEGIN; UNLISTEN *; COMMIT").await.unwrap();
     herd.wait_for_log("returns to pooling", Duration::from_secs(5));

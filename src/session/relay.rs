@@ -22,7 +22,7 @@ use crate::config::PoolMode;
 use crate::info;
 use crate::net::buffer::{BufferPool, IoBuf};
 use crate::proto::frame::{Flow, Scanner, Want};
-use crate::proto::{sqlstate, MAX_MESSAGE_LEN};
+use crate::proto::{encode, sqlstate, MAX_MESSAGE_LEN};
 use crate::server::{self, Server};
 use crate::shard::parking::Asked;
 use crate::shard::{AcquireError, PoolKey, Shard};
@@ -356,14 +356,9 @@ impl<'a> Relay<'a> {
                 let renamed = body.and_then(|b| pinning::renamed(tag, b, &effects.renames));
                 if let Some(renamed) = renamed {
                     let mut whole = Vec::with_capacity(5 + renamed.len());
-                    whole.push(tag);
-                    whole.extend_from_slice(&((renamed.len() + 4) as u32).to_be_bytes());
-                    whole.extend_from_slice(&renamed);
+                    encode::parts(&mut whole, tag, &[&renamed]);
                     if !buf.splice(1 + len, &whole) {
-                        return Err(Fatal::new(
-                            sqlstate::PROGRAM_LIMIT_EXCEEDED,
-                            "message too large for pgherd to rewrite",
-                        ));
+                        return Err(too_large_to_rewrite());
                     }
                     continue;
                 }
@@ -466,10 +461,7 @@ impl<'a> Relay<'a> {
         // A fresh prefix (one rewrite is in flight at a time) takes up to HUGE, which the assertion on
         // MAX_SCANNED_SQL shows is more than any rewrite: this error is a guard, not a path.
         if !prefix.buf.push(bytes) {
-            return Err(Fatal::new(
-                sqlstate::PROGRAM_LIMIT_EXCEEDED,
-                "message too large for pgherd to rewrite",
-            ));
+            return Err(too_large_to_rewrite());
         }
         prefix.before = buf.to_send().len();
         buf.splice(head, &[]);
@@ -505,7 +497,10 @@ impl<'a> Relay<'a> {
         // State is cleared once the server says the statement ran and its transaction committed: a DISCARD ALL
         // refused inside a transaction block, or an UNLISTEN * rolled back, must not unpin a client whose
         // server still has a role or a LISTEN.
+        // What the message creates outlives what it, or earlier statements, clear: "UNLISTEN *; LISTEN x"
+        // leaves the client listening.
         self.clearing.insert(effects.clears);
+        self.clearing.remove(creates);
         self.update_pins(Pins::default(), creates);
         Ok(())
     }
@@ -831,6 +826,14 @@ impl<'a> Relay<'a> {
         drop(server);
         self.shard.server_gone(self.session.key);
     }
+}
+
+/// A rewrite that does not fit even a buffer grown to `HUGE` (a guard: the bounds above rule it out).
+fn too_large_to_rewrite() -> Fatal {
+    Fatal::new(
+        sqlstate::PROGRAM_LIMIT_EXCEEDED,
+        "message too large for pgherd to rewrite",
+    )
 }
 
 /// One step of the relay: whichever of the (up to) four directions is ready first. Writes go first: they free
