@@ -13,6 +13,7 @@ pub mod log;
 pub mod net;
 pub mod pool;
 pub mod proto;
+pub mod ring;
 pub mod server;
 pub mod session;
 pub mod shard;

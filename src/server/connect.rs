@@ -6,13 +6,13 @@ use std::net::{SocketAddr, ToSocketAddrs};
 use std::time::{Duration, Instant};
 
 use futures_lite::{AsyncReadExt, AsyncWriteExt};
-use glommio::net::TcpStream;
 
 use super::{BackendKey, Server};
 use crate::auth::{md5, scram};
 use crate::config::{Database, ServerPassword, User};
 use crate::proto::message::{self, AuthRequest, ErrorFields};
 use crate::proto::{encode, frame, sqlstate, MAX_LOGIN_MESSAGE_LEN};
+use crate::ring::Socket;
 use crate::session::params::FRESH;
 
 #[derive(Debug)]
@@ -81,7 +81,7 @@ pub async fn connect(
     client_key: Option<[u8; 32]>,
     limit: Duration,
 ) -> Result<Server, ConnectError> {
-    let attempt = async { Ok(login(db, user, client_key, limit).await) };
+    let attempt = async { Ok(login(db, user, client_key).await) };
     match glommio::timer::timeout(limit, attempt).await {
         Ok(result) => result,
         Err(_) => Err(ConnectError::Io(std::io::Error::new(
@@ -95,13 +95,9 @@ async fn login(
     db: &Database,
     user: &User,
     client_key: Option<[u8; 32]>,
-    limit: Duration,
 ) -> Result<Server, ConnectError> {
     let addr = resolve(db)?;
-    let mut stream = TcpStream::connect_timeout(addr, limit)
-        .await
-        .map_err(std::io::Error::from)?;
-    stream.set_nodelay(true).map_err(std::io::Error::from)?;
+    let mut stream = Socket::connect(addr).await?;
     let mut out = Vec::new();
     encode::startup_message(&mut out, &[("user", &user.name), ("database", &db.dbname)]);
     stream.write_all(&out).await?;

@@ -4,22 +4,20 @@
 pub mod connect;
 
 use std::net::SocketAddr;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-use std::pin::Pin;
-use std::task::{Context, Poll, Waker};
+use std::os::fd::OwnedFd;
 use std::time::{Duration, Instant};
 
-use futures_lite::{AsyncRead, AsyncReadExt, AsyncWriteExt};
-use glommio::net::TcpStream;
+use futures_lite::{AsyncReadExt, AsyncWriteExt};
 
 use crate::proto::frame::{Flow, Scanner, Want};
 use crate::proto::{encode, message, MAX_MESSAGE_LEN};
+use crate::ring::Socket;
 use crate::session::params::Fingerprint;
 use crate::session::statements::{Held, ServerStatements};
 
 /// A logged-in server connection that no client is using mid-message.
 pub struct Server {
-    pub stream: TcpStream,
+    pub stream: Socket,
     /// PostgreSQL's BackendKeyData, for cancelling this server's query.
     pub key: BackendKey,
     /// The ParameterStatus values this server reported.
@@ -39,8 +37,8 @@ pub struct BackendKey {
     pub secret: u32,
 }
 
-/// A server on its way to another shard: the socket as a plain fd, since a glommio stream belongs to the
-/// executor that made it.
+/// A server on its way to another shard: the socket as a plain fd, since a `Socket` belongs to the shard that
+/// made it.
 pub struct Transfer {
     fd: OwnedFd,
     key: BackendKey,
@@ -52,23 +50,15 @@ pub struct Transfer {
 
 impl Server {
     /// True unless the server closed or sent something while idle (a FATAL from pg_terminate_backend or a
-    /// shutdown). glommio keeps a readiness poll armed on a socket after a read that did not fill the buffer,
-    /// so in the common case this asks that poll and makes no system call; otherwise one non-blocking read.
-    /// Any byte from an idle server means it is going away, so consuming it does no harm.
+    /// shutdown): any byte from an idle server means it is going away. Asks the socket's readiness, which its
+    /// poll keeps: no system call.
     pub fn is_alive(&mut self) -> bool {
-        let mut cx = Context::from_waker(Waker::noop());
-        let mut byte = [0u8; 1];
-        matches!(
-            Pin::new(&mut self.stream).poll_read(&mut cx, &mut byte),
-            Poll::Pending
-        )
+        self.stream.is_quiet()
     }
 
     pub fn into_transfer(self) -> std::io::Result<Transfer> {
-        // glommio 0.9 cannot release a stream's fd without closing it: keep a duplicate.
-        let fd = dup_fd(self.stream.as_raw_fd())?;
         Ok(Transfer {
-            fd,
+            fd: self.stream.into_fd(),
             key: self.key,
             params: self.params,
             created: self.created,
@@ -78,11 +68,8 @@ impl Server {
     }
 
     pub fn from_transfer(t: Transfer) -> Server {
-        use std::os::fd::IntoRawFd;
-        // SAFETY: we own the fd; glommio takes it over.
-        let stream = unsafe { TcpStream::from_raw_fd(t.fd.into_raw_fd()) };
         Server {
-            stream,
+            stream: Socket::adopt(t.fd),
             key: t.key,
             params: t.params,
             created: t.created,
@@ -188,23 +175,13 @@ pub struct Answer {
     pub statuses: Vec<u8>,
 }
 
-fn dup_fd(fd: i32) -> std::io::Result<OwnedFd> {
-    // SAFETY: dup of a valid fd; the result is owned by the OwnedFd.
-    let new = unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 0) };
-    if new < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    // SAFETY: `new` is a fresh fd nobody else owns.
-    Ok(unsafe { OwnedFd::from_raw_fd(new) })
-}
-
 /// Asks PostgreSQL to cancel whatever `key`'s backend is running, on a connection of its own as the protocol
 /// requires. Best effort, like PostgreSQL's own cancel.
 pub async fn cancel(key: BackendKey, limit: Duration) {
     let mut out = Vec::new();
     encode::cancel_request(&mut out, key.pid, key.secret);
     let attempt = async {
-        let mut stream = TcpStream::connect_timeout(key.addr, limit).await?;
+        let mut stream = Socket::connect(key.addr).await?;
         stream.write_all(&out).await?;
         // PostgreSQL closes the connection once it has acted; wait for that so the cancel has landed.
         let mut byte = [0u8; 1];

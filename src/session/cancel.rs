@@ -56,13 +56,6 @@ impl Registry {
         self.servers.borrow_mut().remove(&pid);
     }
 
-    /// The client's socket changed: it was parked under a duplicate.
-    pub fn set_fd(&self, pid: u32, fd: RawFd) {
-        if let Some(entry) = self.entries.borrow_mut().get_mut(&pid) {
-            entry.fd = fd;
-        }
-    }
-
     pub fn set_server(&self, pid: u32, server: Option<BackendKey>) {
         let mut servers = self.servers.borrow_mut();
         match server {

@@ -4,7 +4,6 @@
 use std::sync::Arc;
 
 use futures_lite::{AsyncReadExt, AsyncWriteExt};
-use glommio::net::TcpStream;
 
 use super::params::StartupParams;
 use super::Fatal;
@@ -12,6 +11,7 @@ use crate::auth::{md5, random, scram};
 use crate::config::{AuthType, ClientAuth, ServerPassword};
 use crate::proto::message::{self, Startup};
 use crate::proto::{encode, frame, sqlstate, MAX_LOGIN_MESSAGE_LEN, PROTOCOL_3_0};
+use crate::ring::Socket;
 use crate::shard::{AcquireError, Admission, PoolKey, Shard};
 
 /// A logged-in client, greeted and ready for its first query.
@@ -39,7 +39,7 @@ struct Inbox {
 }
 
 impl Inbox {
-    async fn fill(&mut self, stream: &mut TcpStream) -> Result<(), Fatal> {
+    async fn fill(&mut self, stream: &mut Socket) -> Result<(), Fatal> {
         let mut chunk = [0u8; 1024];
         let n = stream.read(&mut chunk).await.map_err(|_| Fatal::Gone)?;
         if n == 0 {
@@ -49,7 +49,7 @@ impl Inbox {
         Ok(())
     }
 
-    async fn startup_packet(&mut self, stream: &mut TcpStream) -> Result<Vec<u8>, Fatal> {
+    async fn startup_packet(&mut self, stream: &mut Socket) -> Result<Vec<u8>, Fatal> {
         loop {
             match frame::startup(&self.buf) {
                 Ok(Some((body, used))) => {
@@ -64,7 +64,7 @@ impl Inbox {
     }
 
     /// The next PasswordMessage-family ('p') message body.
-    async fn password_message(&mut self, stream: &mut TcpStream) -> Result<Vec<u8>, Fatal> {
+    async fn password_message(&mut self, stream: &mut Socket) -> Result<Vec<u8>, Fatal> {
         loop {
             match frame::whole(&self.buf, MAX_LOGIN_MESSAGE_LEN) {
                 Ok(Some((b'p', body, used))) => {
@@ -85,7 +85,7 @@ impl Inbox {
     }
 }
 
-pub async fn login(shard: &Shard, stream: &mut TcpStream) -> Result<Outcome, Fatal> {
+pub async fn login(shard: &Shard, stream: &mut Socket) -> Result<Outcome, Fatal> {
     let mut inbox = Inbox { buf: Vec::new() };
     let (minor, params) = loop {
         let body = inbox.startup_packet(stream).await?;
@@ -225,7 +225,7 @@ fn wrong_password(user: &str) -> Fatal {
 async fn authenticate(
     auth: &ClientAuth,
     user: &str,
-    stream: &mut TcpStream,
+    stream: &mut Socket,
     inbox: &mut Inbox,
     out: &mut Vec<u8>,
 ) -> Result<Option<[u8; 32]>, Fatal> {
@@ -276,7 +276,7 @@ fn scram_error(e: scram::ScramError, user: &str) -> Fatal {
     }
 }
 
-async fn send(stream: &mut TcpStream, out: &mut Vec<u8>) -> Result<(), Fatal> {
+async fn send(stream: &mut Socket, out: &mut Vec<u8>) -> Result<(), Fatal> {
     stream.write_all(out).await.map_err(|_| Fatal::Gone)?;
     out.clear();
     Ok(())

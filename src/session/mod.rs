@@ -10,16 +10,15 @@ mod relay;
 pub mod state;
 pub mod statements;
 
-use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, OwnedFd, RawFd};
 use std::rc::Rc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use futures_lite::AsyncWriteExt;
-use glommio::net::TcpStream;
 
 use crate::proto::message::ErrorFields;
 use crate::proto::{encode, sqlstate};
+use crate::ring::Socket;
 use crate::shard::parking::Asked;
 use crate::shard::{Admission, Shard};
 use crate::{debug, info};
@@ -82,7 +81,7 @@ impl std::fmt::Display for Fatal {
 }
 
 /// A client's address in a log line, looked up only when a line is written: not a system call per login.
-pub struct Peer<'a>(pub &'a TcpStream);
+pub struct Peer<'a>(pub &'a Socket);
 
 impl std::fmt::Display for Peer<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -96,7 +95,7 @@ impl std::fmt::Display for Peer<'_> {
 /// Last words to a client get this long: a client that does not read must not hold its task.
 const FAREWELL_TIMEOUT: Duration = Duration::from_secs(1);
 
-async fn say_fatal(stream: &mut TcpStream, fatal: &Fatal) {
+async fn say_fatal(stream: &mut Socket, fatal: &Fatal) {
     let mut out = Vec::new();
     fatal.encode(&mut out);
     if !out.is_empty() {
@@ -106,7 +105,7 @@ async fn say_fatal(stream: &mut TcpStream, fatal: &Fatal) {
 }
 
 /// Serves one accepted client to the end.
-pub async fn serve(shard: Rc<Shard>, mut stream: TcpStream) {
+pub async fn serve(shard: Rc<Shard>, mut stream: Socket) {
     let Some(logging_in) = shard.logins.start(shard.config().max_logins_per_shard) else {
         let fatal = Fatal::new(
             sqlstate::TOO_MANY_CONNECTIONS,
@@ -142,7 +141,7 @@ pub async fn serve(shard: Rc<Shard>, mut stream: TcpStream) {
         }
     };
     drop(logging_in);
-    let (pid, secret) = shard.clients.register(shard.id, stream.as_raw_fd());
+    let (pid, secret) = shard.clients.register(shard.id, stream.raw_fd());
     debug!(
         "client {}: logged in as {} (pid {pid})",
         Peer(&stream),
@@ -162,32 +161,23 @@ pub async fn serve(shard: Rc<Shard>, mut stream: TcpStream) {
     }
 }
 
-/// A logged-in client between transactions, with no task: its socket, its place under the limits and its
-/// session. What an idle client costs; `shard::parking` keeps these.
+/// A logged-in client between transactions, with no task: its place under the limits and its session, kept
+/// in its socket's entry (`ring::Sockets::park`). What an idle client costs.
 pub struct Parked {
-    socket: OwnedFd,
     admission: Admission,
     session: relay::Session,
 }
 
-impl Parked {
-    pub fn fd(&self) -> RawFd {
-        self.socket.as_raw_fd()
-    }
-}
-
 /// Serves a parked client whose socket woke.
-pub async fn resume(shard: Rc<Shard>, parked: Parked) {
+pub async fn resume(shard: Rc<Shard>, stream: Socket, parked: Parked) {
     shard.shared.parked.fetch_sub(1, Ordering::Relaxed);
-    // SAFETY: the parked socket is ours alone; the stream owns it from here.
-    let stream = unsafe { TcpStream::from_raw_fd(parked.socket.into_raw_fd()) };
     attend(shard, stream, parked.admission, parked.session).await
 }
 
 /// Relays for a logged-in client until it leaves, or parks it when it idles.
 async fn attend(
     shard: Rc<Shard>,
-    mut stream: TcpStream,
+    mut stream: Socket,
     admission: Admission,
     session: relay::Session,
 ) {
@@ -200,33 +190,18 @@ async fn attend(
     leave(&shard, stream, admission, pid, fatal).await;
 }
 
-/// Drops the client's task and stream and parks what is left, or serves it on if it cannot be parked.
-async fn park(shard: Rc<Shard>, stream: TcpStream, admission: Admission, session: relay::Session) {
-    // glommio cannot let go of a stream's socket without closing it: keep a duplicate.
-    // SAFETY: fcntl(2) on the stream's open socket; the result is checked before it is owned.
-    let fd = unsafe { libc::fcntl(stream.as_raw_fd(), libc::F_DUPFD_CLOEXEC, 0) };
-    if fd < 0 {
-        // Out of descriptors for a moment: the client stays a task and tries again when it next idles.
-        return Box::pin(attend(shard, stream, admission, session)).await;
-    }
-    drop(stream);
-    // SAFETY: a new descriptor nothing else owns.
-    let socket = unsafe { OwnedFd::from_raw_fd(fd) };
-    shard.clients.set_fd(session.pid, fd);
+/// Ends the client's task and parks what is left in its socket's entry.
+async fn park(shard: Rc<Shard>, stream: Socket, admission: Admission, session: relay::Session) {
     shard.shared.parked.fetch_add(1, Ordering::Relaxed);
-    let parked = Parked {
-        socket,
-        admission,
-        session,
-    };
-    if let Err(parked) = shard.parking.park(parked) {
-        // The ring is full or failing: the client stays a task.
-        Box::pin(resume(shard, parked)).await;
+    let parked = Parked { admission, session };
+    if let Err((stream, parked)) = shard.sockets.park(stream, parked) {
+        // It sent something already: served on at once.
+        Box::pin(resume(shard, stream, parked)).await;
     }
 }
 
 /// Lets a client go, telling it why unless it left by itself.
-async fn leave(shard: &Shard, mut stream: TcpStream, admission: Admission, pid: u32, fatal: Fatal) {
+async fn leave(shard: &Shard, mut stream: Socket, admission: Admission, pid: u32, fatal: Fatal) {
     shard.clients.unregister(pid);
     drop(admission);
     if let Fatal::Error { code, message } = &fatal {
@@ -243,13 +218,13 @@ async fn leave(shard: &Shard, mut stream: TcpStream, admission: Admission, pid: 
 mod tests {
     use super::*;
 
-    /// What a parked client costs pgherd: its slab slot (the entry and the slab's tag) and its cancel-registry
-    /// entry (with the hash table's control byte and 1/8 headroom). Issue 5's budget for an idle client is 512
-    /// bytes in all; the rest (allocator and table slack) is measured by benches/logins.rs. This fails when
-    /// it grows: raise the figures only with a reason in the commit.
+    /// What a parked client costs pgherd: its socket's slot (the entry, holding the session, and the slab's
+    /// tag) and its cancel-registry entry (with the hash table's control byte and 1/8 headroom). Issue 5's
+    /// budget for an idle client is 512 bytes in all; the rest (allocator and table slack) is measured by
+    /// benches/logins.rs. This fails when it grows: raise the figures only with a reason in the commit.
     #[test]
     fn a_parked_client_stays_small() {
-        let slot = size_of::<Parked>() + size_of::<usize>();
+        let slot = crate::ring::SLOT_SIZE;
         let registered = (size_of::<(u32, cancel::Entry)>() + 1) * 8 / 7;
         assert!(slot <= 96, "a parked client's slab slot is {slot} bytes");
         assert!(

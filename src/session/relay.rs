@@ -10,8 +10,7 @@ use std::sync::atomic::Ordering;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use futures_lite::{AsyncRead, AsyncWrite, AsyncWriteExt};
-use glommio::net::TcpStream;
+use futures_lite::AsyncWriteExt;
 
 use super::params::{StartupParams, FRESH, UNKNOWN};
 use super::pinning::{self, Pins, SettingChanges};
@@ -23,6 +22,7 @@ use crate::info;
 use crate::net::buffer::{BufferPool, IoBuf};
 use crate::proto::frame::{Flow, Scanner, Want};
 use crate::proto::{encode, sqlstate, MAX_MESSAGE_LEN};
+use crate::ring::Socket;
 use crate::server::{self, Server};
 use crate::shard::parking::Asked;
 use crate::shard::{AcquireError, PoolKey, Shard};
@@ -166,7 +166,7 @@ impl<'a> Relay<'a> {
     /// Relays until the client leaves, or until it has been idle for `client_park_after` holding nothing but its
     /// session, which it then hands back to be parked. When it leaves, the server, if any, is cleaned and
     /// returned or closed.
-    pub async fn run(mut self, client: &mut TcpStream) -> Result<Option<Session>, Fatal> {
+    pub async fn run(mut self, client: &mut Socket) -> Result<Option<Session>, Fatal> {
         let result = match crate::isolation::catch(self.relay(client)).await {
             Ok(Ok(Exit::Park)) => return Ok(Some(self.session)),
             Ok(Ok(Exit::Left)) => Ok(()),
@@ -197,7 +197,7 @@ impl<'a> Relay<'a> {
         result.map(|()| None)
     }
 
-    async fn relay(&mut self, client: &mut TcpStream) -> Result<Exit, Fatal> {
+    async fn relay(&mut self, client: &mut Socket) -> Result<Exit, Fatal> {
         loop {
             let stalling = self.waiting_for_rest_of_message();
             let parkable = !stalling && self.parkable();
@@ -763,7 +763,7 @@ impl<'a> Relay<'a> {
 
     /// The server closed or failed under the client: pass on what it said, then close the client as
     /// PostgreSQL would have.
-    async fn server_lost(&mut self, client: &mut TcpStream) -> Result<(), Fatal> {
+    async fn server_lost(&mut self, client: &mut Socket) -> Result<(), Fatal> {
         self.drop_server();
         self.flush_to_client(client).await;
         if self.last_server_tag == b'E' {
@@ -776,7 +776,7 @@ impl<'a> Relay<'a> {
         }
     }
 
-    async fn flush_to_client(&mut self, client: &mut TcpStream) {
+    async fn flush_to_client(&mut self, client: &mut Socket) {
         if let Some(buf) = self.s2c.as_mut() {
             let bytes = buf.to_send();
             if !bytes.is_empty() {
@@ -841,8 +841,8 @@ fn too_large_to_rewrite() -> Fatal {
 /// back-pressure: a slow client stops the reads from its server. The client's read buffer is taken from the
 /// shard only for the duration of a poll unless bytes arrive, so an idle client holds none.
 struct Io<'a> {
-    client: &'a mut TcpStream,
-    server: Option<&'a mut TcpStream>,
+    client: &'a mut Socket,
+    server: Option<&'a mut Socket>,
     read_client: bool,
     c2s: &'a mut Option<IoBuf>,
     s2c: &'a mut Option<IoBuf>,
@@ -901,7 +901,7 @@ impl Future for Io<'_> {
 
 /// Writes up to `limit` of `buf`'s framed bytes.
 fn poll_send(
-    stream: &mut TcpStream,
+    stream: &mut Socket,
     buf: &mut IoBuf,
     limit: usize,
     cx: &mut Context<'_>,
@@ -911,7 +911,7 @@ fn poll_send(
     if bytes.is_empty() {
         return Poll::Pending;
     }
-    match Pin::new(stream).poll_write(cx, bytes) {
+    match stream.poll_write(cx, bytes) {
         Poll::Ready(Ok(n)) if n > 0 => {
             buf.sent(n);
             Poll::Ready(Event::Wrote)
@@ -922,7 +922,7 @@ fn poll_send(
 }
 
 fn poll_receive(
-    stream: &mut TcpStream,
+    stream: &mut Socket,
     slot: &mut Option<IoBuf>,
     buffers: &BufferPool,
     cx: &mut Context<'_>,
@@ -932,7 +932,7 @@ fn poll_receive(
         // Full of unsent bytes: the pending write will wake us.
         return Poll::Pending;
     }
-    match Pin::new(stream).poll_read(cx, buf.spare()) {
+    match stream.poll_read(cx, buf.spare()) {
         Poll::Ready(Ok(n)) => {
             buf.received(n);
             Poll::Ready(Ok(n))

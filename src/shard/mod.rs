@@ -10,7 +10,7 @@ mod pools;
 mod run;
 mod users;
 
-use heap::spawn_client;
+pub use heap::spawn_client;
 pub use pools::{until, AcquireError, PoolKey};
 pub use run::{check, start};
 
@@ -209,7 +209,9 @@ pub struct Shard {
     pub shared: Arc<Shared>,
     pub buffers: BufferPool,
     pub clients: Registry,
-    /// Idle clients without a task.
+    /// Its client and server sockets, on its own ring; parked clients live there.
+    pub sockets: Rc<crate::ring::Sockets>,
+    /// The clock idle clients park by.
     pub parking: parking::Lot,
     /// Client tasks running, for giving back what a burst of them freed.
     tasks: heap::Tasks,

@@ -3,24 +3,21 @@
 
 use std::cell::RefCell;
 use std::collections::HashMap;
-use std::io;
-use std::os::fd::{AsRawFd, IntoRawFd, OwnedFd, RawFd};
-use std::os::unix::io::FromRawFd;
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::rc::Rc;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use glommio::channels::channel_mesh::MeshBuilder;
-use glommio::net::{TcpListener, TcpStream};
 use glommio::{LocalExecutorBuilder, Placement};
 
 use super::exchange::{self, Msg, CHANNEL_SLOTS};
-use super::parking;
 use super::{Shard, Shared, TICK};
 use crate::config::Config;
 use crate::net::buffer::BufferPool;
 use crate::net::listener;
+use crate::ring::{self, Sockets, Uring};
 use crate::session::cancel::{shard_of, Registry};
 use crate::{error, info, warn};
 
@@ -79,12 +76,9 @@ pub fn start(config: Config) -> std::io::Result<()> {
     let mut handles = Vec::new();
     let mut stops = Vec::new();
     for (id, fds) in listeners.into_iter().enumerate() {
-        let ring = parking::Ring::new().map_err(|e| {
-            std::io::Error::new(
-                e.kind(),
-                format!("cannot set up io_uring for idle clients: {e}"),
-            )
-        })?;
+        let signal = ring::eventfd()?;
+        let ring = Uring::new(signal.as_raw_fd())
+            .map_err(|e| std::io::Error::new(e.kind(), format!("cannot set up io_uring: {e}")))?;
         let (stop, stop_here) = stop_signal()?;
         stops.push(stop);
         let placement = match cpus.get(id % cpus.len().max(1)) {
@@ -96,7 +90,7 @@ pub fn start(config: Config) -> std::io::Result<()> {
             .name(&format!("shard-{id}"))
             .io_memory(IO_MEMORY)
             .ring_depth(RING_DEPTH)
-            .spawn(move || run_shard(id, shards, shared, fds, ring, stop_here, mesh))
+            .spawn(move || run_shard(id, shards, shared, fds, (ring, signal), stop_here, mesh))
             .map_err(|e| std::io::Error::other(format!("cannot start shard {id}: {e}")))?;
         handles.push(handle);
     }
@@ -133,7 +127,7 @@ async fn run_shard(
     shards: usize,
     shared: Arc<Shared>,
     listeners: Vec<OwnedFd>,
-    ring: parking::Ring,
+    (ring, signal): (Uring, OwnedFd),
     stop: OwnedFd,
     mesh: Option<MeshBuilder<Msg, glommio::channels::channel_mesh::Full>>,
 ) {
@@ -144,14 +138,15 @@ async fn run_shard(
         }
         None => (None, Vec::new()),
     };
-    let (parking, signal) = parking::Lot::new(ring);
+    let sockets = Sockets::install(ring);
     let shard = Rc::new(Shard {
         id,
         shards,
         shared,
         buffers: BufferPool::default(),
         clients: Registry::default(),
-        parking,
+        sockets: sockets.clone(),
+        parking: Default::default(),
         tasks: Default::default(),
         logins: Default::default(),
         lookups: Default::default(),
@@ -160,22 +155,19 @@ async fn run_shard(
         pools: RefCell::new(HashMap::new()),
         peers,
     });
-    glommio::spawn_local(parking::wake_parked(shard.clone(), signal)).detach();
+    glommio::spawn_local(ring::event_loop::run(
+        shard.clone(),
+        sockets.clone(),
+        signal,
+    ))
+    .detach();
     for (from, rx) in receivers {
         glommio::spawn_local(exchange::receive(shard.clone(), from, rx)).detach();
     }
-    let accepting: Vec<_> = listeners
-        .into_iter()
-        .map(|fd| {
-            let raw = fd.into_raw_fd();
-            // SAFETY: a listening socket we own, handed over to glommio.
-            let listener = unsafe { TcpListener::from_raw_fd(raw) };
-            glommio::spawn_local(accept(shard.clone(), listener, raw))
-        })
-        .collect();
+    sockets.listen(listeners);
 
     shard.create_warm_pools();
-    let stop = parking::glommio_reader(stop);
+    let stop = ring::glommio_reader(stop);
     let mut stopped = Box::pin(stop.read_at(0, 8));
     let mut next_stats = Instant::now() + shard.config().stats_period;
     while !shard.shutting_down() {
@@ -187,6 +179,7 @@ async fn run_shard(
         };
         futures_lite::future::or(tick, stop).await;
         shard.parking.tick();
+        shard.sockets.arm_listeners();
         shard.look_after_pools();
         shard.tasks.trim_after_burst();
         // The counters are global: one shard reports them.
@@ -195,8 +188,7 @@ async fn run_shard(
             next_stats += shard.config().stats_period;
         }
     }
-    // Dropping the accept tasks closes the listeners.
-    drop(accepting);
+    shard.sockets.stop_listening();
     let deadline = Instant::now() + shard.config().shutdown_timeout;
     while !shard.clients.is_empty() && Instant::now() < deadline {
         shard.clients.wake_idle_for_shutdown();
@@ -209,28 +201,6 @@ async fn run_shard(
         );
     }
     shard.close_idle_servers();
-}
-
-/// Takes connections on `listener` (whose descriptor is `raw`) until the task is dropped.
-async fn accept(shard: Rc<Shard>, listener: TcpListener, raw: RawFd) {
-    loop {
-        let accepted = match listener::accept_waiting(raw) {
-            // SAFETY: a new connected socket, owned by the stream from here.
-            Some(socket) => socket.map(|fd| unsafe { TcpStream::from_raw_fd(fd.into_raw_fd()) }),
-            None => listener.accept().await.map_err(io::Error::from),
-        };
-        match accepted {
-            Ok(stream) => {
-                super::spawn_client(&shard, crate::session::serve(shard.clone(), stream));
-            }
-            Err(e) if listener::only_that_connection(&e) => {}
-            Err(e) => {
-                // Out of file descriptors or memory: pause rather than spin, and let clients leave.
-                warn!("accept failed: {e}; pausing accepts for 100 ms");
-                glommio::timer::sleep(Duration::from_millis(100)).await;
-            }
-        }
-    }
 }
 
 impl Shard {
@@ -256,7 +226,7 @@ impl Shard {
 /// An eventfd the signal thread writes at shutdown, and a duplicate for the shard to read: a shard with nothing
 /// to do sleeps until its tick instead of polling the shutdown flag.
 fn stop_signal() -> std::io::Result<(OwnedFd, OwnedFd)> {
-    let stop = parking::eventfd()?;
+    let stop = ring::eventfd()?;
     let here = stop.try_clone()?;
     Ok((stop, here))
 }
