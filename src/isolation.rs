@@ -8,10 +8,9 @@
 //! - **What it may leave behind** is the shard's own bookkeeping, touched only in short synchronous calls that
 //!   do not read client bytes (pool cores, counters); a `RefCell` borrowed at the panic is released by the
 //!   unwind. That is why catching with `AssertUnwindSafe` is sound here.
-//! - **Every other task** a shard spawns (server warm-up, mesh sends, cancels, client tasks as a last line)
-//!   goes through [`spawn`], so a panic there ends that task alone, with a log line.
-//!
-//! The event-loop rewrite keeps this boundary: one session machine's step is the unit that is caught.
+//! - **Every other task** a shard spawns (server warm-up, mesh sends, cancels) goes through [`spawn`], so a
+//!   panic there ends that task alone, with a log line. The shard's loop (`ring::event_loop`) catches each
+//!   poll of a client's session as a last line: a panic outside the two catches above ends that session.
 
 use std::any::Any;
 use std::future::Future;

@@ -86,8 +86,10 @@ pub struct Sockets {
     uring: RefCell<Uring>,
     entries: RefCell<Slab<Entry>>,
     next_gen: Cell<u32>,
-    /// Inside [`Sockets::drain`]: submissions wait for the end of the batch.
-    draining: Cell<bool>,
+    /// Inside an iteration of the shard's loop: submissions wait for its end, and so do closes, whose
+    /// cancellations must reach the kernel first.
+    batching: Cell<bool>,
+    closing: RefCell<Vec<OwnedFd>>,
     listeners: RefCell<Vec<Listener>>,
 }
 
@@ -113,7 +115,8 @@ impl Sockets {
             uring: RefCell::new(uring),
             entries: RefCell::new(Slab::new()),
             next_gen: Cell::new(0),
-            draining: Cell::new(false),
+            batching: Cell::new(false),
+            closing: RefCell::new(Vec::new()),
             listeners: RefCell::new(Vec::new()),
         });
         SOCKETS.with(|s| {
@@ -122,8 +125,20 @@ impl Sockets {
         sockets
     }
 
-    fn submit_unless_draining(&self) {
-        if !self.draining.get() {
+    /// From here until [`Sockets::end_batch`], what is armed or closed goes to the kernel at once, in one
+    /// system call.
+    pub fn begin_batch(&self) {
+        self.batching.set(true);
+    }
+
+    pub fn end_batch(&self) {
+        self.batching.set(false);
+        self.submit_now();
+        self.closing.borrow_mut().clear();
+    }
+
+    fn submit_unless_batching(&self) {
+        if !self.batching.get() {
             let mut uring = self.uring.borrow_mut();
             if let Err(e) = uring.submit() {
                 warn!("io_uring submit failed: {e}");
@@ -131,21 +146,23 @@ impl Sockets {
         }
     }
 
-    fn register(&self, fd: OwnedFd) -> Socket {
+    /// `fresh`: a connection just accepted, whose first bytes are likely there already. Otherwise the poll,
+    /// which reports readiness present when it is armed, says when there is something to read; until then
+    /// the socket counts as quiet (an idle server that came from another shard).
+    fn register(&self, fd: OwnedFd, fresh: bool) -> Socket {
         let gen = self.next_gen.get().wrapping_add(1) & 0x00ff_ffff;
         self.next_gen.set(gen);
         let raw = fd.as_raw_fd();
         let slot = self.entries.borrow_mut().insert(Entry {
             fd,
             gen,
-            // Bytes may have come before the poll was armed; one read finds out.
-            flags: READABLE | WATCHED,
+            flags: if fresh { READABLE | WATCHED } else { WATCHED },
             waiting: Waiting::Task(None),
         });
         self.uring
             .borrow_mut()
             .watch_readable(raw, user_data(Kind::Readable, slot, gen));
-        self.submit_unless_draining();
+        self.submit_unless_batching();
         Socket {
             slot: slot as u32,
             gen,
@@ -171,7 +188,7 @@ impl Sockets {
             }
         }
         drop(uring);
-        self.submit_unless_draining();
+        self.submit_unless_batching();
     }
 
     /// Stops taking connections and closes the listeners.
@@ -198,9 +215,8 @@ impl Sockets {
     }
 
     /// Reads what the ring completed: marks sockets ready, wakes the tasks that wait on them, and returns the
-    /// parked clients that stirred and the new connections. Submits what the batch armed.
+    /// parked clients that stirred and the new connections.
     pub fn drain(&self) -> Vec<Arrival> {
-        self.draining.set(true);
         let mut arrivals = Vec::new();
         let mut wakers = Vec::new();
         let mut done = Vec::with_capacity(BATCH);
@@ -215,8 +231,6 @@ impl Sockets {
             // Completions the kernel held back come in when the ring is entered.
             let _ = self.uring.borrow_mut().submit();
         }
-        self.draining.set(false);
-        self.submit_now();
         for waker in wakers {
             waker.wake();
         }
@@ -278,7 +292,9 @@ impl Sockets {
             }
         }
         if done.result >= 0 {
-            arrivals.push(Arrival::Accepted(self.register(sys::own(done.result))));
+            arrivals.push(Arrival::Accepted(
+                self.register(sys::own(done.result), true),
+            ));
             if !done.more {
                 self.arm_listeners();
             }
@@ -321,7 +337,7 @@ pub struct Socket {
 impl Socket {
     /// Makes `fd` (a connected socket) one of this shard's.
     pub fn adopt(fd: OwnedFd) -> Socket {
-        with(|s| s.register(fd))
+        with(|s| s.register(fd, false))
     }
 
     /// A new connection to `addr`, once established.
@@ -371,7 +387,7 @@ impl Socket {
     /// Stops watching the socket and hands its descriptor over (to another shard).
     pub fn into_fd(self) -> OwnedFd {
         let socket = ManuallyDrop::new(self);
-        with(|s| s.release(&socket))
+        with(|s| s.release(&socket, true).0)
     }
 
     /// Ready once the socket can take bytes (or has failed), after a poll this call armed (`armed`).
@@ -456,21 +472,25 @@ impl Sockets {
         self.uring
             .borrow_mut()
             .watch_writable(entry.fd.as_raw_fd(), ud);
-        self.submit_unless_draining();
+        self.submit_unless_batching();
     }
 
-    /// Cancels the socket's polls and takes its entry out; the descriptor is the caller's.
-    fn release(&self, socket: &Socket) -> OwnedFd {
+    /// Cancels the socket's polls and takes its entry out; the descriptor is the caller's once `submitted`
+    /// (see `Uring::cancel_all`).
+    fn release(&self, socket: &Socket, submitted: bool) -> (OwnedFd, bool) {
         let entry = self.entries.borrow_mut().remove(socket.slot as usize);
         debug_assert_eq!(entry.gen, socket.gen);
-        if entry.flags & (WATCHED | WANTS_ROOM) != 0 {
-            self.uring
-                .borrow_mut()
-                .cancel_all(entry.fd.as_raw_fd(), user_data(Kind::Cancel, 0, 0));
-            // Before the descriptor is closed or travels: see `Uring::cancel_all`.
-            self.submit_now();
+        if entry.flags & (WATCHED | WANTS_ROOM) == 0 {
+            return (entry.fd, true);
         }
-        entry.fd
+        self.uring
+            .borrow_mut()
+            .cancel_all(entry.fd.as_raw_fd(), user_data(Kind::Cancel, 0, 0));
+        if submitted || !self.batching.get() {
+            self.submit_now();
+            return (entry.fd, true);
+        }
+        (entry.fd, false)
     }
 }
 
@@ -479,7 +499,9 @@ impl Drop for Socket {
         // Closing is dropping the descriptor.
         SOCKETS.with(|s| {
             if let Some(s) = s.get() {
-                drop(s.release(self));
+                if let (fd, false) = s.release(self, false) {
+                    s.closing.borrow_mut().push(fd);
+                }
             }
         });
     }

@@ -4,6 +4,7 @@
 use std::io;
 use std::net::SocketAddr;
 use std::os::fd::{FromRawFd, IntoRawFd, OwnedFd, RawFd};
+use std::task::{RawWaker, RawWakerVTable, Waker};
 
 use glommio::io::BufferedFile;
 
@@ -184,3 +185,17 @@ pub fn glommio_reader(fd: OwnedFd) -> BufferedFile {
     // SAFETY: the eventfd is ours; glommio owns it from here.
     unsafe { BufferedFile::from_raw_fd(fd.into_raw_fd()) }
 }
+
+/// A waker that carries a number and, woken, hands it to the shard's loop (`event_loop::wake`): making,
+/// cloning and dropping one allocates nothing.
+pub fn waker_of(data: usize) -> Waker {
+    // SAFETY: the data is a number, not a pointer; the vtable's functions never dereference it.
+    unsafe { Waker::from_raw(RawWaker::new(data as *const (), &VTABLE)) }
+}
+
+static VTABLE: RawWakerVTable = RawWakerVTable::new(
+    |data| RawWaker::new(data, &VTABLE),
+    |data| super::event_loop::wake(data as usize),
+    |data| super::event_loop::wake(data as usize),
+    |_| {},
+);

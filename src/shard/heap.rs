@@ -60,13 +60,16 @@ impl Drop for Running<'_> {
     }
 }
 
-/// Spawns a client's task (a login, or a parked client that woke), counted in `shard.tasks`.
-pub fn spawn_client(shard: &Rc<Shard>, task: impl Future<Output = ()> + 'static) {
+/// A client's session (a login, or a parked client that woke), counted in `shard.tasks` while it runs.
+pub fn counted(
+    shard: &Rc<Shard>,
+    session: impl Future<Output = ()> + 'static,
+) -> impl Future<Output = ()> + 'static {
     let shard = shard.clone();
-    crate::isolation::spawn("a client task", async move {
+    async move {
         let _running = shard.tasks.start();
-        task.await
-    });
+        session.await
+    }
 }
 
 #[cfg(test)]

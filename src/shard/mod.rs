@@ -10,7 +10,7 @@ mod pools;
 mod run;
 mod users;
 
-pub use heap::spawn_client;
+pub use heap::counted;
 pub use pools::{until, AcquireError, PoolKey};
 pub use run::{check, start};
 
